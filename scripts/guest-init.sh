@@ -1,0 +1,108 @@
+#!/bin/sh
+# PID 1 of the test guest (see Documentation/rig.md, "Guest runner").
+#
+# The guest's root file system is the HOST's root, shared read-only over 9p, so every program
+# here is the host's own (/bin/sh is dash). The runner (tests/guest.py) shares a per-run
+# directory read-write under the 9p tag "vmrs"; it holds:
+#   config     shell variables: VMRS_TIMEOUT VMRS_MODULE(load|install|none) VMRS_UDEV(0|1)
+#              VMRS_KMEMLEAK(0|1) VMRS_REPO
+#   cmd.sh     the command to run (with bash)
+#   modules/   the guest kernel's modules (+ virtio_media.ko in extra/), for /lib/modules
+# and receives: stdout, stderr, status, dmesg, kmemleak, timing, init.log.
+# `status` is written last: its presence tells the host that the guest reported back.
+# This script never returns: it reboots the guest (QEMU runs with -no-reboot, so it exits).
+
+PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+HOME=/tmp
+LC_ALL=C.UTF-8
+export PATH HOME LC_ALL
+
+OUT=/run/vmrs
+
+finish() {
+	sync
+	# No ACPI in the guest kernel: "power off" would only halt. A reboot makes QEMU exit.
+	busybox reboot -f 2>/dev/null
+	echo b > /proc/sysrq-trigger
+	sleep 60
+}
+
+# A failure before the command ran: tell the host (setup-failed) and stop.
+fatal() {
+	echo "vmrs-init: $*" > /dev/console
+	if mountpoint -q "$OUT" 2>/dev/null; then
+		echo "$*" > "$OUT/setup-failed"
+		dmesg > "$OUT/dmesg" 2>/dev/null
+	fi
+	finish
+}
+
+mountpoint -q /proc || mount -t proc -o nosuid,nodev,noexec proc /proc
+mountpoint -q /sys || mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
+mountpoint -q /dev || mount -t devtmpfs -o nosuid devtmpfs /dev
+mkdir -p /dev/pts /dev/shm 2>/dev/null
+mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
+mount -t tmpfs -o nosuid,nodev tmpfs /dev/shm
+for d in /tmp /run /var/tmp; do
+	mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$d" || fatal "cannot mount tmpfs on $d"
+done
+chmod 755 /run
+mount -t debugfs -o nosuid,nodev,noexec debugfs /sys/kernel/debug 2>/dev/null
+mkdir -p "$OUT"
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=none vmrs "$OUT" ||
+	fatal "cannot mount the run directory share (9p tag vmrs)"
+
+exec 2>>"$OUT/init.log"
+t_init=$(cut -d' ' -f1 /proc/uptime)
+. "$OUT/config" || fatal "no $OUT/config"
+KREL=$(uname -r)
+export VMRS_OUT="$OUT" VMRS_REPO VMRS_KREL="$KREL"
+
+# /lib/modules/$KREL on a tmpfs: our module plus the guest kernel's own, so that `modprobe` and
+# modalias autoloading (udev) work. /lib/modules must exist on the (read-only) host root; the
+# runner creates it on the host if it is missing.
+if [ -d "$OUT/modules" ]; then
+	mount -t tmpfs -o mode=755 tmpfs /lib/modules || fatal "cannot mount tmpfs on /lib/modules"
+	mkdir -p "/lib/modules/$KREL"
+	cp -a "$OUT/modules/." "/lib/modules/$KREL/" || fatal "cannot copy the modules"
+	depmod -a "$KREL" || fatal "depmod failed"
+fi
+
+if [ "$VMRS_UDEV" = 1 ]; then
+	[ -x /lib/systemd/systemd-udevd ] || fatal "/lib/systemd/systemd-udevd missing (Debian package udev)"
+	/lib/systemd/systemd-udevd --daemon || fatal "systemd-udevd did not start"
+fi
+
+if [ "$VMRS_MODULE" = load ]; then
+	if ! modprobe virtio_media >"$OUT/modprobe.log" 2>&1; then
+		echo "vmrs: modprobe virtio_media failed" > /dev/kmsg
+		fatal "modprobe virtio_media failed: $(cat "$OUT/modprobe.log")"
+	fi
+fi
+
+if [ "$VMRS_KMEMLEAK" = 1 ]; then
+	# Forget what boot left behind; only leaks from here on count.
+	echo scan > /sys/kernel/debug/kmemleak && echo clear > /sys/kernel/debug/kmemleak ||
+		fatal "kmemleak not available (kmemleak=on on the kernel command line?)"
+fi
+
+t_cmd=$(cut -d' ' -f1 /proc/uptime)
+echo "vmrs: command start" > /dev/kmsg
+cd /tmp
+timeout -k 10 "$VMRS_TIMEOUT" bash "$OUT/cmd.sh" </dev/null >"$OUT/stdout" 2>"$OUT/stderr"
+status=$?
+echo "vmrs: command exit status $status" > /dev/kmsg
+t_end=$(cut -d' ' -f1 /proc/uptime)
+
+if [ "$VMRS_KMEMLEAK" = 1 ]; then
+	# kmemleak only reports objects older than 5 s; scan twice to drop transient references.
+	sleep 6
+	echo scan > /sys/kernel/debug/kmemleak
+	echo scan > /sys/kernel/debug/kmemleak
+	cat /sys/kernel/debug/kmemleak > "$OUT/kmemleak"
+fi
+
+printf 'init %s\ncmd_start %s\ncmd_end %s\n' "$t_init" "$t_cmd" "$t_end" > "$OUT/timing"
+dmesg > "$OUT/dmesg"
+echo "$status" > "$OUT/status.tmp" && mv "$OUT/status.tmp" "$OUT/status"
+finish

@@ -1,0 +1,32 @@
+# Common settings for the rig scripts. Source it; do not run it.
+# shellcheck shell=bash
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CACHE=${VMRS_CACHE:-$HOME/.cache/virtio-media-rs}
+mkdir -p "$CACHE"
+
+# Pinned versions (see Documentation/rig.rst).
+KVER=6.12
+BINDGEN_VER=0.73.2
+VHOST_DEVICE_MEDIA_VER=0.1.1
+QEMU_VER=10.0.2
+
+# Toolchain: Debian's rustc-web by absolute path (the rustup proxies have no rust-src).
+export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc HOSTRUSTC=/usr/bin/rustc
+BINDGEN=$CACHE/bindgen-$BINDGEN_VER/bin/bindgen
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Kernel build tree location, keyed on version + config fragment hash; set by kernel_paths.
+kernel_paths() {
+	local src_tar
+	src_tar=$(ls /usr/src/linux-source-$KVER.tar.* 2>/dev/null | head -n1) || true
+	[ -n "$src_tar" ] || die "linux-source-$KVER not installed (run scripts/install-deps.sh)"
+	KFULLVER=$(dpkg-query -W -f='${Version}' linux-source-$KVER)
+	KCONFHASH=$(cat "$REPO/scripts/kernel/"*.config "$REPO/scripts/build-kernel.sh" | sha256sum | cut -c1-12)
+	KSRC=$CACHE/linux-$KFULLVER
+	KBUILD=$CACHE/kbuild-$KFULLVER-$KCONFHASH
+	KMAKE=(make -C "$KSRC" O="$KBUILD" LLVM=1 RUSTC="$RUSTC" RUSTDOC="$RUSTDOC" HOSTRUSTC="$HOSTRUSTC" BINDGEN="$BINDGEN")
+}

@@ -1,0 +1,173 @@
+//! Unit tests of protocol.rs. Expected values come from the spec's tables
+//! (VIRTIO 1.4 device-types/media, shared/notes/protocol.md) and videodev2.h, not from the code.
+
+use virtio_media_protocol_tests::protocol::*;
+
+fn enc<C: Command>(c: &C) -> Vec<u8> {
+    let mut v = vec![0xAAu8; C::SIZE];
+    c.encode(&mut v).expect("buffer is SIZE bytes");
+    v
+}
+
+#[test]
+fn command_encodings_match_spec_layout() {
+    assert_eq!(enc(&CmdOpen::new()), [1, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(enc(&CmdClose::new(0x0102_0304)), [2, 0, 0, 0, 0, 0, 0, 0, 4, 3, 2, 1, 0, 0, 0, 0]);
+    // VIDIOC_G_FMT is _IOWR('V', 4, struct v4l2_format): code = _IOC_NR = 4.
+    assert_eq!(enc(&CmdIoctl::new(7, 4)), [3, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 4, 0, 0, 0]);
+    let m = CmdMmap {
+        hdr: CmdHeader::new(CMD_MMAP),
+        session_id: Le32::new(9),
+        flags: Le32::new(MMAP_FLAG_RW),
+        offset: Le32::new(0x8000_0000),
+    };
+    assert_eq!(enc(&m), [4, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0x80]);
+    let u = CmdMunmap { hdr: CmdHeader::new(CMD_MUNMAP), driver_addr: Le64::new(0x1_0000_2000) };
+    assert_eq!(enc(&u), [5, 0, 0, 0, 0, 0, 0, 0, 0, 0x20, 0, 0, 1, 0, 0, 0]);
+    let sg = SgEntry { start: Le64::new(0x1234_5000), len: Le32::new(4096), reserved: Le32::new(0) };
+    assert_eq!(enc(&sg), [0, 0x50, 0x34, 0x12, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 0]);
+}
+
+#[test]
+fn encode_refuses_short_buffers() {
+    let mut small = [0u8; 15];
+    assert!(CmdIoctl::new(1, 2).encode(&mut small).is_none());
+    let mut mmap = [0u8; 19];
+    assert!(CmdMmap::default().encode(&mut mmap).is_none());
+}
+
+#[test]
+fn sizes_match_spec() {
+    assert_eq!(CmdMmap::SIZE, 20);
+    assert_eq!(EVENT_MAX_SIZE, 608);
+    assert_eq!(EVENT_EVENT_SIZE, 144);
+    assert_eq!(config::SIZE, 40);
+}
+
+#[test]
+fn ioctl_table_matches_videodev2() {
+    // (nr, dir, size) straight from videodev2.h's _IO* definitions on x86_64.
+    let expect = [
+        (2u8, Dir::ReadWrite, 64u16), // ENUM_FMT
+        (4, Dir::ReadWrite, 208),     // G_FMT
+        (15, Dir::ReadWrite, 88),     // QBUF
+        (18, Dir::Write, 4),          // STREAMON
+        (23, Dir::Read, 8),           // G_STD
+        (38, Dir::Read, 4),           // G_INPUT
+        (39, Dir::ReadWrite, 4),      // S_INPUT
+        (37, Dir::ReadWrite, 44),     // QUERYMENU (packed)
+        (71, Dir::ReadWrite, 32),     // G_EXT_CTRLS
+        (76, Dir::Read, 2072),        // G_ENC_INDEX
+        (90, Dir::Write, 32),         // SUBSCRIBE_EVENT
+        (92, Dir::ReadWrite, 256),    // CREATE_BUFS
+        (103, Dir::ReadWrite, 232),   // QUERY_EXT_CTRL
+    ];
+    for (n, dir, size) in expect {
+        let i = ioctl_info(n).unwrap_or_else(|| panic!("nr {n} missing"));
+        assert_eq!((i.dir, i.size), (dir, size), "nr {n}");
+    }
+    // Answered in the guest, never forwarded.
+    for n in [0u8, 17, 61, 62, 70, 89] {
+        assert!(ioctl_info(n).is_none(), "nr {n} must not be forwarded");
+    }
+    // No duplicates.
+    for (a, x) in IOCTLS.iter().enumerate() {
+        for y in &IOCTLS[a + 1..] {
+            assert_ne!(x.nr, y.nr);
+        }
+    }
+}
+
+#[test]
+fn chain_layouts_follow_the_rules() {
+    assert_eq!(ChainLayout::ioctl(Dir::Read, 8, 0), Some(ChainLayout { readable: 16, writable: 16 }));
+    assert_eq!(ChainLayout::ioctl(Dir::Write, 32, 0), Some(ChainLayout { readable: 48, writable: 8 }));
+    assert_eq!(ChainLayout::ioctl(Dir::ReadWrite, 208, 0), Some(ChainLayout { readable: 224, writable: 216 }));
+    // QBUF of 3 USERPTR planes: buffer + planes in both halves, 3 SG entries only readable.
+    let l = ChainLayout::ioctl(Dir::ReadWrite, 88 + 3 * 64, 3 * 16).unwrap();
+    assert_eq!(l, ChainLayout { readable: 16 + 280 + 48, writable: 8 + 280 });
+    assert_eq!(ChainLayout::ioctl(Dir::ReadWrite, usize::MAX, 0), None);
+}
+
+fn resp(status: u32, extra: usize) -> Vec<u8> {
+    let mut v = vec![0u8; 8 + extra];
+    v[..4].copy_from_slice(&status.to_le_bytes());
+    v
+}
+
+#[test]
+fn ioctl_responses_are_validated() {
+    let r = resp(0, 208);
+    assert_eq!(check_ioctl_resp(&r, 216, 216, 208), Ok(IoctlOutcome::Ok));
+    // Success must carry the whole payload.
+    assert_eq!(check_ioctl_resp(&r, 8, 216, 208), Err(ProtoError::Short(8, 216)));
+    // Shorter than the header.
+    assert_eq!(check_ioctl_resp(&r, 7, 216, 208), Err(ProtoError::Short(7, 8)));
+    assert_eq!(check_ioctl_resp(&r, 0, 216, 208), Err(ProtoError::Short(0, 8)));
+    // Used length beyond what was posted.
+    assert_eq!(check_ioctl_resp(&r, 217, 216, 208), Err(ProtoError::Overflow(217, 216)));
+    // Errors: header only, or header + payload.
+    let e = resp(22, 208);
+    assert_eq!(check_ioctl_resp(&e, 8, 216, 208), Ok(IoctlOutcome::Err { errno: 22, payload_written: false }));
+    assert_eq!(check_ioctl_resp(&e, 216, 216, 208), Ok(IoctlOutcome::Err { errno: 22, payload_written: true }));
+    // Not an errno (kernel-internal ERESTARTSYS, negative numbers seen as u32).
+    assert_eq!(check_ioctl_resp(&resp(512, 0), 8, 8, 0), Err(ProtoError::BadStatus(512)));
+    assert_eq!(check_ioctl_resp(&resp(u32::MAX, 0), 8, 8, 0), Err(ProtoError::BadStatus(u32::MAX)));
+    assert_eq!(check_ioctl_resp(&resp(25, 0), 8, 8, 0), Ok(IoctlOutcome::Err { errno: 25, payload_written: false }));
+}
+
+#[test]
+fn open_responses_are_validated() {
+    let mut r = resp(0, 8);
+    r[8..12].copy_from_slice(&42u32.to_le_bytes());
+    assert_eq!(check_open_resp(&r, 16, 16), Ok(Ok(42)));
+    assert_eq!(check_open_resp(&r, 12, 16), Err(ProtoError::Short(12, 16)));
+    assert_eq!(check_open_resp(&resp(24, 8), 8, 16), Ok(Err(24)));
+}
+
+fn dqbuf_event(session: u32, index: u32, ty: u32, length: u32) -> Vec<u8> {
+    let mut v = vec![0u8; 608];
+    v[0..4].copy_from_slice(&1u32.to_le_bytes());
+    v[4..8].copy_from_slice(&session.to_le_bytes());
+    v[8..12].copy_from_slice(&index.to_le_bytes());
+    v[12..16].copy_from_slice(&ty.to_le_bytes());
+    v[8 + 72..8 + 76].copy_from_slice(&length.to_le_bytes());
+    v
+}
+
+#[test]
+fn events_are_validated() {
+    let e = dqbuf_event(3, 1, 9, 1);
+    assert_eq!(parse_event(&e, 608), Ok(Event::Dqbuf { session_id: 3, index: 1, buf_type: 9, num_planes: 1 }));
+    // A DQBUF event shorter than the full struct is rejected even for one plane.
+    assert_eq!(parse_event(&e, 200), Err(ProtoError::Short(200, 608)));
+    assert_eq!(parse_event(&dqbuf_event(3, 1, 9, 9), 608), Err(ProtoError::TooManyPlanes(9)));
+    // Single-planar: length is the buffer size, not a plane count.
+    assert_eq!(parse_event(&dqbuf_event(3, 0, 1, 460800), 608), Ok(Event::Dqbuf { session_id: 3, index: 0, buf_type: 1, num_planes: 0 }));
+    assert_eq!(parse_event(&e, 609), Err(ProtoError::Overflow(609, 608)));
+    assert_eq!(parse_event(&e, 4), Err(ProtoError::Short(4, 8)));
+    let mut err = vec![0u8; 16];
+    err[4..8].copy_from_slice(&5u32.to_le_bytes());
+    err[8..12].copy_from_slice(&12u32.to_le_bytes());
+    assert_eq!(parse_event(&err, 16), Ok(Event::Error { session_id: 5, errno: 12 }));
+    assert_eq!(parse_event(&err, 12), Err(ProtoError::Short(12, 16)));
+    let mut ev = vec![0u8; 144];
+    ev[0] = 2;
+    ev[8] = 5; // V4L2_EVENT_SOURCE_CHANGE
+    assert_eq!(parse_event(&ev, 144), Ok(Event::V4l2 { session_id: 0, event_type: 5 }));
+    assert_eq!(parse_event(&ev, 143), Err(ProtoError::Short(143, 144)));
+    let mut unk = vec![0u8; 16];
+    unk[0] = 7;
+    assert_eq!(parse_event(&unk, 16), Err(ProtoError::UnknownEvent(7)));
+}
+
+#[test]
+fn errno_mapping_and_card() {
+    assert_eq!(device_errno(22), 22);
+    assert_eq!(device_errno(0), 5);
+    assert_eq!(device_errno(512), 5);
+    let mut card = [0u8; 32];
+    card[..13].copy_from_slice(b"simple_device");
+    assert_eq!(card_len(&card), Some(13));
+    assert_eq!(card_len(&[b'x'; 32]), None);
+}

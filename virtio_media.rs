@@ -1,0 +1,412 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! virtio-media guest driver.
+//!
+//! Binds virtio devices of ID 48 (`virtio:d00000030v*`), reads their configuration space and
+//! registers a V4L2 video node whose ioctls are forwarded to the device as commandq descriptor
+//! chains (see `Documentation/design.md`). Spec: VIRTIO 1.4, "Media Device".
+//!
+//! Layout: `protocol` holds the wire format (pure, host-tested), `session` one open file's
+//! device session and the command path, `ffi` every call into C. This file holds the
+//! per-device state: the commandq, the eventq and its bottom half, probe and remove.
+
+use kernel::{
+    c_str,
+    prelude::*,
+    rbtree::RBTree,
+    sync::{Arc, CondVar},
+};
+
+mod ffi;
+pub mod protocol;
+mod session;
+
+use ffi::{
+    dev_err, dev_info, dev_warn_rl, new_irq_spinlock, BhWork, Chain, DevRef, Direction, DmaBuf,
+    IrqSpinLock, VideoNode, VirtioDevice, VirtioDriver, Virtqueue,
+};
+use protocol::{config, Event};
+use session::{Request, Session};
+
+module! {
+    type: VirtioMediaModule,
+    name: "virtio_media",
+    author: "virtio-media-rs developers",
+    description: "virtio-media guest driver (virtio device ID 48 as a V4L2 video node)",
+    license: "GPL",
+}
+
+/// The V4L2 `driver` name (`v4l2_capability.driver`) and the virtio driver's name.
+pub(crate) const DRIVER_NAME: &CStr = c_str!("virtio_media");
+
+/// Number of buffers kept posted on the eventq (as many as the C driver).
+const NUM_EVENT_BUFS: usize = 16;
+
+struct VirtioMediaModule {
+    _driver: VirtioDriver,
+}
+
+impl kernel::Module for VirtioMediaModule {
+    fn init(module: &'static ThisModule) -> Result<Self> {
+        let driver = VirtioDriver::register(DRIVER_NAME, module)?;
+        Ok(Self { _driver: driver })
+    }
+}
+
+/// One eventq buffer: `EVENT_MAX_SIZE` device-writable bytes of its own allocation.
+pub(crate) struct EventBuf {
+    buf: [DmaBuf; 1],
+}
+
+// SAFETY: `buf` is a `DmaBuf` owned by the `EventBuf`; the driver reads it only after the
+// virtqueue returned the `KBox<EventBuf>` token (in `VirtioMedia::drain_events`).
+unsafe impl Chain for EventBuf {
+    fn readable(&self) -> &[DmaBuf] {
+        &[]
+    }
+    fn writable(&self) -> &[DmaBuf] {
+        &self.buf
+    }
+}
+
+/// The commandq and whether the device is still there.
+pub(crate) struct CommandQueue {
+    /// `None` once the device was removed: every later command fails with `ENODEV`.
+    pub(crate) vq: Option<Virtqueue<Arc<Request>>>,
+}
+
+/// Per-device state, shared (refcounted) by the virtio binding, the video node and every
+/// open session, so that it outlives whichever goes last.
+#[pin_data]
+pub(crate) struct VirtioMedia {
+    #[pin]
+    pub(crate) node: VideoNode,
+    /// The commandq, with `IRQ`s off while held (its callback runs in hard-IRQ context).
+    #[pin]
+    pub(crate) commandq: IrqSpinLock<CommandQueue>,
+    /// Signalled when commandq descriptors are freed, for senders that found the ring full.
+    #[pin]
+    pub(crate) commandq_space: CondVar,
+    /// The eventq; `None` once removed.
+    #[pin]
+    eventq: IrqSpinLock<Option<Virtqueue<KBox<EventBuf>>>>,
+    /// The eventq bottom half.
+    #[pin]
+    pub(crate) event_work: BhWork,
+    /// Open sessions by device session id, for routing events.
+    #[pin]
+    pub(crate) sessions: IrqSpinLock<RBTree<u32, Arc<Session>>>,
+    dev: DevRef,
+    device_caps: u32,
+    card: [u8; config::CARD_LEN],
+    bus_info: [u8; 32],
+}
+
+impl VirtioMedia {
+    /// The V4L2 objects.
+    pub(crate) fn node(&self) -> &VideoNode {
+        &self.node
+    }
+
+    /// The device, for messages.
+    pub(crate) fn dev(&self) -> DevRef {
+        self.dev
+    }
+
+    /// `device_caps` from the configuration space (validated at probe).
+    pub(crate) fn device_caps(&self) -> u32 {
+        self.device_caps
+    }
+
+    /// `card` from the configuration space, without its NUL.
+    pub(crate) fn card(&self) -> &[u8] {
+        let n = protocol::card_len(&self.card).unwrap_or(0);
+        &self.card[..n]
+    }
+
+    /// `bus_info` reported by QUERYCAP: `platform:` and the virtio device's name, stable for a
+    /// given machine layout.
+    pub(crate) fn bus_info(&self) -> &[u8] {
+        let n = self.bus_info.iter().position(|&b| b == 0).unwrap_or(self.bus_info.len());
+        &self.bus_info[..n]
+    }
+
+    /// Commandq callback body: completes every request the device has answered.
+    pub(crate) fn commandq_done(&self) {
+        let mut q = self.commandq.lock();
+        let mut freed = false;
+        if let Some(vq) = q.vq.as_mut() {
+            loop {
+                vq.disable_cb();
+                while let Some((req, used)) = vq.get_used() {
+                    req.complete(Ok(used));
+                    freed = true;
+                }
+                if vq.enable_cb() {
+                    break;
+                }
+            }
+        }
+        drop(q);
+        if freed {
+            self.commandq_space.notify_all();
+        }
+    }
+
+    /// Eventq bottom half: validates and routes each event, then reposts its buffer.
+    pub(crate) fn drain_events(&self) {
+        let mut q = self.eventq.lock();
+        let Some(vq) = q.as_mut() else { return };
+        let mut reposted = false;
+        loop {
+            vq.disable_cb();
+            while let Some((mut ev, used)) = vq.get_used() {
+                self.handle_event(ev.buf[0].bytes_mut(), used as usize);
+                ev.buf[0].bytes_mut().fill(0);
+                if let Err((e, _lost)) = vq.add(ev) {
+                    dev_warn_rl!(self.dev, "virtio_media: cannot repost an event buffer: {:?}", e);
+                } else {
+                    reposted = true;
+                }
+            }
+            if vq.enable_cb() {
+                break;
+            }
+        }
+        if reposted {
+            vq.kick();
+        }
+    }
+
+    /// Dispatches one event the device wrote (`used` bytes of `buf`).
+    fn handle_event(&self, buf: &[u8], used: usize) {
+        let ev = match protocol::parse_event(buf, used) {
+            Ok(ev) => ev,
+            Err(e) => {
+                dev_warn_rl!(self.dev, "virtio_media: dropping malformed event: {:?}", e);
+                return;
+            }
+        };
+        let id = match ev {
+            Event::Error { session_id, .. }
+            | Event::Dqbuf { session_id, .. }
+            | Event::V4l2 { session_id, .. } => session_id,
+        };
+        let session = {
+            let sessions = self.sessions.lock();
+            sessions.get(&id).cloned()
+        };
+        let Some(session) = session else {
+            dev_warn_rl!(self.dev, "virtio_media: event for unknown session {}: {:?}", id, ev);
+            return;
+        };
+        session.handle_event(ev, buf);
+    }
+
+    /// Posts every eventq buffer (at probe).
+    fn post_event_buffers(&self) -> Result {
+        let mut q = self.eventq.lock();
+        let Some(vq) = q.as_mut() else { return Err(ENODEV) };
+        for _ in 0..NUM_EVENT_BUFS {
+            let ev = KBox::new(EventBuf { buf: [DmaBuf::new(protocol::EVENT_MAX_SIZE)?] }, GFP_ATOMIC)?;
+            vq.add(ev).map_err(|(e, _)| e)?;
+        }
+        vq.kick();
+        Ok(())
+    }
+
+    /// Tears the queues down after a device reset: every command still in flight completes
+    /// with `ENODEV` (its buffers are freed only now, when the device can no longer use them),
+    /// and every eventq buffer is freed.
+    fn shutdown_queues(&self) {
+        self.event_work.cancel_sync();
+        let mut q = self.commandq.lock();
+        if let Some(mut vq) = q.vq.take() {
+            while let Some(req) = vq.detach_unused() {
+                req.complete(Err(ENODEV));
+            }
+        }
+        drop(q);
+        self.commandq_space.notify_all();
+        let mut q = self.eventq.lock();
+        if let Some(mut vq) = q.take() {
+            while vq.detach_unused().is_some() {}
+        }
+    }
+}
+
+/// Validated identity of the device from its configuration space.
+struct DeviceConfig {
+    device_caps: u32,
+    vfl_type: u32,
+    dir: Direction,
+    card: [u8; config::CARD_LEN],
+}
+
+/// `V4L2_CAP_*` bits that make a node receive (capture-like).
+const CAPS_RX: u32 = ffi::raw::V4L2_CAP_VIDEO_CAPTURE
+    | ffi::raw::V4L2_CAP_VIDEO_CAPTURE_MPLANE
+    | ffi::raw::V4L2_CAP_VBI_CAPTURE
+    | ffi::raw::V4L2_CAP_SLICED_VBI_CAPTURE
+    | ffi::raw::V4L2_CAP_SDR_CAPTURE
+    | ffi::raw::V4L2_CAP_META_CAPTURE
+    | ffi::raw::V4L2_CAP_VIDEO_OVERLAY
+    | ffi::raw::V4L2_CAP_TUNER
+    | ffi::raw::V4L2_CAP_TOUCH;
+/// `V4L2_CAP_*` bits that make a node transmit (output-like).
+const CAPS_TX: u32 = ffi::raw::V4L2_CAP_VIDEO_OUTPUT
+    | ffi::raw::V4L2_CAP_VIDEO_OUTPUT_MPLANE
+    | ffi::raw::V4L2_CAP_VBI_OUTPUT
+    | ffi::raw::V4L2_CAP_SLICED_VBI_OUTPUT
+    | ffi::raw::V4L2_CAP_SDR_OUTPUT
+    | ffi::raw::V4L2_CAP_META_OUTPUT
+    | ffi::raw::V4L2_CAP_VIDEO_OUTPUT_OVERLAY
+    | ffi::raw::V4L2_CAP_MODULATOR;
+/// `V4L2_CAP_*` bits of memory-to-memory devices.
+const CAPS_M2M: u32 = ffi::raw::V4L2_CAP_VIDEO_M2M | ffi::raw::V4L2_CAP_VIDEO_M2M_MPLANE;
+
+impl DeviceConfig {
+    /// Reads and validates the 40-byte configuration space.
+    ///
+    /// Errors (`EINVAL`, with a message): `device_type` that is not a video-device node type
+    /// this driver can register, `device_caps` with no capture/output/M2M direction, or a
+    /// `card` without a NUL terminator.
+    fn read(vdev: &VirtioDevice) -> Result<Self> {
+        let dev = vdev.dev();
+        let mut w = [0u8; 4];
+        vdev.read_config(config::DEVICE_CAPS, &mut w);
+        let raw_caps = u32::from_le_bytes(w);
+        vdev.read_config(config::DEVICE_TYPE, &mut w);
+        let vfl_type = u32::from_le_bytes(w);
+        let mut card = [0u8; config::CARD_LEN];
+        vdev.read_config(config::CARD, &mut card);
+
+        // vfl_devnode_type: VIDEO 0, VBI 1, RADIO 2, SUBDEV 3, SDR 4, TOUCH 5.
+        if vfl_type == ffi::raw::vfl_devnode_type_VFL_TYPE_SUBDEV
+            || vfl_type >= ffi::raw::vfl_devnode_type_VFL_TYPE_MAX
+        {
+            dev_err!(dev, "virtio_media: unsupported device_type {} in config space", vfl_type);
+            return Err(EINVAL);
+        }
+        if protocol::card_len(&card).is_none() {
+            dev_err!(dev, "virtio_media: config space card name is not NUL-terminated");
+            return Err(EINVAL);
+        }
+        // V4L2_CAP_DEVICE_CAPS only has a meaning in `capabilities`.
+        let device_caps = raw_caps & !ffi::raw::V4L2_CAP_DEVICE_CAPS;
+        let dir = match (device_caps & CAPS_RX != 0, device_caps & CAPS_TX != 0) {
+            _ if device_caps & CAPS_M2M != 0 => Direction::M2m,
+            (true, true) => Direction::M2m,
+            (true, false) => Direction::Rx,
+            (false, true) => Direction::Tx,
+            (false, false) => {
+                dev_err!(
+                    dev,
+                    "virtio_media: device_caps {:#010x} name no capture, output or M2M capability",
+                    raw_caps
+                );
+                return Err(EINVAL);
+            }
+        };
+        Ok(Self { device_caps, vfl_type, dir, card })
+    }
+}
+
+/// Formats `platform:<dev_name>` into a NUL-padded array.
+fn bus_info_for(vdev: &VirtioDevice) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    let name = vdev.name();
+    let prefix = b"platform:";
+    let mut n = 0;
+    for &b in Iterator::chain(prefix.iter(), name.iter()) {
+        if n == out.len() - 1 {
+            break;
+        }
+        out[n] = b;
+        n += 1;
+    }
+    out
+}
+
+pub(crate) fn probe(vdev: &VirtioDevice) -> Result {
+    let dev = vdev.dev();
+    let cfg = DeviceConfig::read(vdev)?;
+
+    let media = Arc::pin_init(
+        pin_init!(VirtioMedia {
+            node <- VideoNode::new(),
+            commandq <- new_irq_spinlock!(CommandQueue { vq: None }, "virtio_media:commandq"),
+            commandq_space <- kernel::new_condvar!("virtio_media:commandq_space"),
+            eventq <- new_irq_spinlock!(None, "virtio_media:eventq"),
+            event_work <- BhWork::new(),
+            sessions <- new_irq_spinlock!(RBTree::new(), "virtio_media:sessions"),
+            dev,
+            device_caps: cfg.device_caps,
+            card: cfg.card,
+            bus_info: bus_info_for(vdev),
+        }),
+        GFP_KERNEL,
+    )?;
+
+    // `vdev->priv` holds the binding's reference until `remove`; the queue callbacks use it.
+    vdev.set_media(media.clone());
+    let (cmdq, evq) = match vdev.find_vqs() {
+        Ok(q) => q,
+        Err(e) => {
+            dev_err!(dev, "virtio_media: cannot find commandq/eventq: {:?}", e);
+            drop(vdev.take_media());
+            return Err(e);
+        }
+    };
+    media.commandq.lock().vq = Some(cmdq);
+    *media.eventq.lock() = Some(evq);
+    vdev.ready();
+
+    let fail = |e: Error| {
+        vdev.reset();
+        media.shutdown_queues();
+        vdev.del_vqs();
+        drop(vdev.take_media());
+        e
+    };
+    if let Err(e) = media.post_event_buffers() {
+        dev_err!(dev, "virtio_media: cannot post eventq buffers: {:?}", e);
+        return Err(fail(e));
+    }
+    if let Err(e) = ffi::register_video(
+        &media,
+        vdev,
+        &THIS_MODULE,
+        cfg.vfl_type,
+        cfg.dir,
+        cfg.device_caps,
+        media.card(),
+    ) {
+        dev_err!(dev, "virtio_media: cannot register the video device: {:?}", e);
+        return Err(fail(e));
+    }
+    dev_info!(
+        dev,
+        "virtio_media: '{}' device_caps {:#010x} type {} dir {:?}",
+        core::str::from_utf8(media.card()).unwrap_or("?"),
+        cfg.device_caps,
+        cfg.vfl_type,
+        cfg.dir
+    );
+    Ok(())
+}
+
+pub(crate) fn remove(vdev: &VirtioDevice) {
+    let Some(media) = vdev.take_media() else { return };
+    // No new opens; ioctls on open files now fail in the V4L2 core with ENODEV.
+    ffi::unregister_video(&media);
+    // The device stops touching our buffers, and no queue callback runs after this.
+    vdev.reset();
+    media.shutdown_queues();
+    // Sessions still open get ENODEV from now on; wake anyone waiting on them.
+    for s in media.sessions.lock().values() {
+        s.device_gone();
+    }
+    vdev.del_vqs();
+    drop(media);
+}
