@@ -9,7 +9,8 @@ KDIR ?= $(shell scripts/build-kernel.sh)
 VMRS_CACHE ?= $(HOME)/.cache/virtio-media-rs
 BINDGEN ?= $(VMRS_CACHE)/bindgen-0.73.2/bin/bindgen
 KMAKE = $(MAKE) -C $(KDIR) M=$(CURDIR) LLVM=1 RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc \
-	HOSTRUSTC=/usr/bin/rustc BINDGEN=$(BINDGEN)
+	HOSTRUSTC=/usr/bin/rustc BINDGEN=$(BINDGEN) CLIPPY_DRIVER=/usr/bin/clippy-driver \
+	RUSTFMT=/usr/bin/rustfmt
 
 all: modules
 
@@ -20,10 +21,16 @@ modules:
 clippy:
 	$(KMAKE) CLIPPY=1 modules
 
+# rustfmt with the kernel's own configuration (.rustfmt.toml of the kernel tree).
+RUST_SRCS = virtio_media.rs ffi.rs protocol.rs session.rs
+KSRC = $(shell readlink -f $(KDIR)/source)
 rustfmt:
-	rustfmt --edition 2021 --check virtio_media.rs
+	/usr/bin/rustfmt --edition 2021 --config-path $(KSRC)/.rustfmt.toml $(RUST_SRCS)
+
+rustfmtcheck:
+	/usr/bin/rustfmt --edition 2021 --config-path $(KSRC)/.rustfmt.toml --check $(RUST_SRCS)
 
 clean:
 	$(KMAKE) clean
 
-.PHONY: all modules clippy rustfmt clean
+.PHONY: all modules clippy rustfmt rustfmtcheck clean

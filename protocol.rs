@@ -356,23 +356,48 @@ macro_rules! impl_command {
     (@put u64, $out:ident, $off:expr, $v:expr) => { put_u64($out, $off, $v.get())? };
 }
 impl_command!(CmdOpen { hdr: hdr });
-impl_command!(CmdClose { hdr: hdr, session_id: u32, reserved: u32 });
-impl_command!(CmdIoctl { hdr: hdr, session_id: u32, code: u32 });
-impl_command!(CmdMmap { hdr: hdr, session_id: u32, flags: u32, offset: u32 });
-impl_command!(CmdMunmap { hdr: hdr, driver_addr: u64 });
-impl_command!(SgEntry { start: u64, len: u32, reserved: u32 });
+impl_command!(CmdClose {
+    hdr: hdr,
+    session_id: u32,
+    reserved: u32
+});
+impl_command!(CmdIoctl {
+    hdr: hdr,
+    session_id: u32,
+    code: u32
+});
+impl_command!(CmdMmap {
+    hdr: hdr,
+    session_id: u32,
+    flags: u32,
+    offset: u32
+});
+impl_command!(CmdMunmap {
+    hdr: hdr,
+    driver_addr: u64
+});
+impl_command!(SgEntry {
+    start: u64,
+    len: u32,
+    reserved: u32
+});
 
 impl CmdHeader {
     /// A header for command `cmd`.
     pub const fn new(cmd: u32) -> Self {
-        Self { cmd: Le32::new(cmd), reserved: Le32::new(0) }
+        Self {
+            cmd: Le32::new(cmd),
+            reserved: Le32::new(0),
+        }
     }
 }
 
 impl CmdOpen {
     /// `VIRTIO_MEDIA_CMD_OPEN`.
     pub const fn new() -> Self {
-        Self { hdr: CmdHeader::new(CMD_OPEN) }
+        Self {
+            hdr: CmdHeader::new(CMD_OPEN),
+        }
     }
 }
 
@@ -464,12 +489,19 @@ pub fn check_ioctl_resp(
         }
         Ok(IoctlOutcome::Ok)
     } else {
-        Ok(IoctlOutcome::Err { errno: status, payload_written: payload_len > 0 && used >= full })
+        Ok(IoctlOutcome::Err {
+            errno: status,
+            payload_written: payload_len > 0 && used >= full,
+        })
     }
 }
 
 /// Validates the response to [`CMD_OPEN`]: `Ok(Ok(session_id))` or `Ok(Err(errno))`.
-pub fn check_open_resp(resp: &[u8], used: usize, avail: usize) -> Result<Result<u32, u32>, ProtoError> {
+pub fn check_open_resp(
+    resp: &[u8],
+    used: usize,
+    avail: usize,
+) -> Result<Result<u32, u32>, ProtoError> {
     let status = check_resp_header(resp, used, avail)?;
     if status != 0 {
         return Ok(Err(status));
@@ -783,7 +815,13 @@ pub fn parse_event(buf: &[u8], used: usize) -> Result<Event, ProtoError> {
     let buf = &buf[..used];
     let event = get_u32(buf, 0).ok_or(ProtoError::Short(used, size_of::<EventHeader>()))?;
     let session_id = get_u32(buf, 4).ok_or(ProtoError::Short(used, size_of::<EventHeader>()))?;
-    let need = |n: usize| if used < n { Err(ProtoError::Short(used, n)) } else { Ok(()) };
+    let need = |n: usize| {
+        if used < n {
+            Err(ProtoError::Short(used, n))
+        } else {
+            Ok(())
+        }
+    };
     match event {
         EVT_ERROR => {
             need(size_of::<EventError>())?;
@@ -804,12 +842,20 @@ pub fn parse_event(buf: &[u8], used: usize) -> Result<Event, ProtoError> {
             if num_planes as usize > MAX_PLANES {
                 return Err(ProtoError::TooManyPlanes(num_planes));
             }
-            Ok(Event::Dqbuf { session_id, index, buf_type, num_planes })
+            Ok(Event::Dqbuf {
+                session_id,
+                index,
+                buf_type,
+                num_planes,
+            })
         }
         EVT_EVENT => {
             need(EVENT_EVENT_SIZE)?;
             let event_type = get_u32(buf, EVENT_V4L2_OFFSET).unwrap_or(0);
-            Ok(Event::V4l2 { session_id, event_type })
+            Ok(Event::V4l2 {
+                session_id,
+                event_type,
+            })
         }
         other => Err(ProtoError::UnknownEvent(other)),
     }

@@ -101,7 +101,11 @@ impl VirtioMedia {
     ///
     /// Errors: `ENODEV` (device removed), `ENOMEM`, `ETIMEDOUT`, `EINTR`.
     fn send(&self, out: DmaBuf, resp_len: usize) -> Result<Arc<Request>> {
-        let resp = if resp_len > 0 { Some(DmaBuf::new(resp_len)?) } else { None };
+        let resp = if resp_len > 0 {
+            Some(DmaBuf::new(resp_len)?)
+        } else {
+            None
+        };
         let req = Arc::pin_init(
             pin_init!(Request {
                 out: [out],
@@ -115,7 +119,9 @@ impl VirtioMedia {
         let mut left = msecs_to_jiffies(COMMAND_TIMEOUT_MS);
         let mut q = self.commandq.lock();
         loop {
-            let Some(vq) = q.vq.as_mut() else { return Err(ENODEV) };
+            let Some(vq) = q.vq.as_mut() else {
+                return Err(ENODEV);
+            };
             match vq.add(token) {
                 Ok(()) => {
                     vq.kick();
@@ -139,7 +145,12 @@ impl VirtioMedia {
 
     /// Warns (rate-limited) about a malformed response and returns `EIO`.
     fn bad_response(&self, what: &str, e: protocol::ProtoError) -> Error {
-        dev_warn_rl!(self.dev(), "virtio_media: malformed {} response: {:?}", what, e);
+        dev_warn_rl!(
+            self.dev(),
+            "virtio_media: malformed {} response: {:?}",
+            what,
+            e
+        );
         EIO
     }
 }
@@ -188,7 +199,9 @@ impl Session {
     /// reuses the id of a session still open, and those of [`VirtioMedia::send`].
     pub(crate) fn open(media: Arc<VirtioMedia>) -> Result<Arc<Session>> {
         let mut out = DmaBuf::new(protocol::CmdOpen::SIZE)?;
-        protocol::CmdOpen::new().encode(out.bytes_mut()).ok_or(EINVAL)?;
+        protocol::CmdOpen::new()
+            .encode(out.bytes_mut())
+            .ok_or(EINVAL)?;
         let resp_len = core::mem::size_of::<protocol::RespOpen>();
         let req = media.send(out, resp_len)?;
         let (resp, used) = req.wait()?;
@@ -224,7 +237,11 @@ impl Session {
         let mut sessions = media.sessions.lock();
         if sessions.get(&id).is_some() {
             drop(sessions);
-            dev_warn_rl!(media.dev(), "virtio_media: device reused open session id {}", id);
+            dev_warn_rl!(
+                media.dev(),
+                "virtio_media: device reused open session id {}",
+                id
+            );
             return Err(EBUSY);
         }
         sessions.insert(node);
@@ -315,7 +332,9 @@ impl Session {
             .map_err(|e| self.media.bad_response("ioctl", e))?;
         let copy_back = match outcome {
             IoctlOutcome::Ok => payload_len > 0,
-            IoctlOutcome::Err { payload_written, .. } => payload_written,
+            IoctlOutcome::Err {
+                payload_written, ..
+            } => payload_written,
         };
         if copy_back {
             let mut off = core::mem::size_of::<protocol::RespIoctl>();
@@ -352,7 +371,9 @@ impl Session {
     /// Forwards an ioctl straight from user memory (used for the standard ioctls the V4L2
     /// core would otherwise rewrite). Returns 0 or a negative errno.
     pub(crate) fn ioctl_user(&self, nr: u8, user: UserSlice) -> i32 {
-        let Some(info) = protocol::ioctl_info(nr) else { return ENOTTY.to_errno() };
+        let Some(info) = protocol::ioctl_info(nr) else {
+            return ENOTTY.to_errno();
+        };
         let mut buf = [0u8; 128];
         let size = info.size as usize;
         if size > buf.len() {
@@ -381,13 +402,20 @@ impl Session {
 /// so a following open sees the session gone. Errors are only logged: the file is going away.
 fn send_close(media: &VirtioMedia, id: u32) {
     let res = DmaBuf::new(protocol::CmdClose::SIZE).and_then(|mut out| {
-        protocol::CmdClose::new(id).encode(out.bytes_mut()).ok_or(EINVAL)?;
+        protocol::CmdClose::new(id)
+            .encode(out.bytes_mut())
+            .ok_or(EINVAL)?;
         let req = media.send(out, 0)?;
         req.wait().map(|_| ())
     });
     if let Err(e) = res {
         if e != ENODEV {
-            dev_warn_rl!(media.dev(), "virtio_media: CLOSE of session {} failed: {:?}", id, e);
+            dev_warn_rl!(
+                media.dev(),
+                "virtio_media: CLOSE of session {} failed: {:?}",
+                id,
+                e
+            );
         }
     }
 }

@@ -23,10 +23,10 @@ mod session;
 
 use ffi::{
     dev_err, dev_info, dev_warn_rl, new_irq_spinlock, BhWork, Chain, DevRef, Direction, DmaBuf,
-    IrqSpinLock, VideoNode, VirtioDevice, VirtioDriver, Virtqueue,
+    IrqSpinLock, VideoNode, VirtioDevice, VirtioDriver,
 };
 use protocol::{config, Event};
-use session::{Request, Session};
+use session::Session;
 
 module! {
     type: VirtioMediaModule,
@@ -72,7 +72,7 @@ unsafe impl Chain for EventBuf {
 /// The commandq and whether the device is still there.
 pub(crate) struct CommandQueue {
     /// `None` once the device was removed: every later command fails with `ENODEV`.
-    pub(crate) vq: Option<Virtqueue<Arc<Request>>>,
+    pub(crate) vq: Option<ffi::CommandVq>,
 }
 
 /// Per-device state, shared (refcounted) by the virtio binding, the video node and every
@@ -89,7 +89,7 @@ pub(crate) struct VirtioMedia {
     pub(crate) commandq_space: CondVar,
     /// The eventq; `None` once removed.
     #[pin]
-    eventq: IrqSpinLock<Option<Virtqueue<KBox<EventBuf>>>>,
+    eventq: IrqSpinLock<Option<ffi::EventVq>>,
     /// The eventq bottom half.
     #[pin]
     pub(crate) event_work: BhWork,
@@ -127,7 +127,11 @@ impl VirtioMedia {
     /// `bus_info` reported by QUERYCAP: `platform:` and the virtio device's name, stable for a
     /// given machine layout.
     pub(crate) fn bus_info(&self) -> &[u8] {
-        let n = self.bus_info.iter().position(|&b| b == 0).unwrap_or(self.bus_info.len());
+        let n = self
+            .bus_info
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.bus_info.len());
         &self.bus_info[..n]
     }
 
@@ -164,7 +168,11 @@ impl VirtioMedia {
                 self.handle_event(ev.buf[0].bytes_mut(), used as usize);
                 ev.buf[0].bytes_mut().fill(0);
                 if let Err((e, _lost)) = vq.add(ev) {
-                    dev_warn_rl!(self.dev, "virtio_media: cannot repost an event buffer: {:?}", e);
+                    dev_warn_rl!(
+                        self.dev,
+                        "virtio_media: cannot repost an event buffer: {:?}",
+                        e
+                    );
                 } else {
                     reposted = true;
                 }
@@ -197,18 +205,34 @@ impl VirtioMedia {
             sessions.get(&id).cloned()
         };
         let Some(session) = session else {
-            dev_warn_rl!(self.dev, "virtio_media: event for unknown session {}: {:?}", id, ev);
+            dev_warn_rl!(
+                self.dev,
+                "virtio_media: event for unknown session {}: {:?}",
+                id,
+                ev
+            );
             return;
         };
         session.handle_event(ev, buf);
     }
 
-    /// Posts every eventq buffer (at probe).
+    /// Posts every eventq buffer (at probe). Buffers are allocated before taking the lock.
     fn post_event_buffers(&self) -> Result {
-        let mut q = self.eventq.lock();
-        let Some(vq) = q.as_mut() else { return Err(ENODEV) };
+        let mut bufs = KVec::with_capacity(NUM_EVENT_BUFS, GFP_KERNEL)?;
         for _ in 0..NUM_EVENT_BUFS {
-            let ev = KBox::new(EventBuf { buf: [DmaBuf::new(protocol::EVENT_MAX_SIZE)?] }, GFP_ATOMIC)?;
+            let ev = KBox::new(
+                EventBuf {
+                    buf: [DmaBuf::new(protocol::EVENT_MAX_SIZE)?],
+                },
+                GFP_KERNEL,
+            )?;
+            bufs.push(ev, GFP_KERNEL)?;
+        }
+        let mut q = self.eventq.lock();
+        let Some(vq) = q.as_mut() else {
+            return Err(ENODEV);
+        };
+        for ev in bufs {
             vq.add(ev).map_err(|(e, _)| e)?;
         }
         vq.kick();
@@ -285,11 +309,18 @@ impl DeviceConfig {
         if vfl_type == ffi::raw::vfl_devnode_type_VFL_TYPE_SUBDEV
             || vfl_type >= ffi::raw::vfl_devnode_type_VFL_TYPE_MAX
         {
-            dev_err!(dev, "virtio_media: unsupported device_type {} in config space", vfl_type);
+            dev_err!(
+                dev,
+                "virtio_media: unsupported device_type {} in config space",
+                vfl_type
+            );
             return Err(EINVAL);
         }
         if protocol::card_len(&card).is_none() {
-            dev_err!(dev, "virtio_media: config space card name is not NUL-terminated");
+            dev_err!(
+                dev,
+                "virtio_media: config space card name is not NUL-terminated"
+            );
             return Err(EINVAL);
         }
         // V4L2_CAP_DEVICE_CAPS only has a meaning in `capabilities`.
@@ -308,7 +339,12 @@ impl DeviceConfig {
                 return Err(EINVAL);
             }
         };
-        Ok(Self { device_caps, vfl_type, dir, card })
+        Ok(Self {
+            device_caps,
+            vfl_type,
+            dir,
+            card,
+        })
     }
 }
 
@@ -316,14 +352,10 @@ impl DeviceConfig {
 fn bus_info_for(vdev: &VirtioDevice) -> [u8; 32] {
     let mut out = [0u8; 32];
     let name = vdev.name();
-    let prefix = b"platform:";
-    let mut n = 0;
-    for &b in Iterator::chain(prefix.iter(), name.iter()) {
-        if n == out.len() - 1 {
-            break;
-        }
-        out[n] = b;
-        n += 1;
+    let src = Iterator::chain(b"platform:".iter(), name.iter());
+    // Leave the last byte as the NUL terminator.
+    for (d, s) in out[..31].iter_mut().zip(src) {
+        *d = *s;
     }
     out
 }
@@ -382,7 +414,11 @@ pub(crate) fn probe(vdev: &VirtioDevice) -> Result {
         cfg.device_caps,
         media.card(),
     ) {
-        dev_err!(dev, "virtio_media: cannot register the video device: {:?}", e);
+        dev_err!(
+            dev,
+            "virtio_media: cannot register the video device: {:?}",
+            e
+        );
         return Err(fail(e));
     }
     dev_info!(
@@ -397,7 +433,9 @@ pub(crate) fn probe(vdev: &VirtioDevice) -> Result {
 }
 
 pub(crate) fn remove(vdev: &VirtioDevice) {
-    let Some(media) = vdev.take_media() else { return };
+    let Some(media) = vdev.take_media() else {
+        return;
+    };
     // No new opens; ioctls on open files now fail in the V4L2 core with ENODEV.
     ffi::unregister_video(&media);
     // The device stops touching our buffers, and no queue callback runs after this.

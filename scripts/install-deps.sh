@@ -25,7 +25,7 @@ log "apt-get install"
 apt-get install -y -qq --no-install-recommends \
 	build-essential flex bison bc libelf-dev libssl-dev cpio kmod xz-utils zstd \
 	clang llvm lld libclang-dev \
-	rustc-web rust-web-src libstd-rust-web-dev \
+	rustc-web rust-web-src libstd-rust-web-dev rust-web-clippy rustfmt-web \
 	linux-source-$KVER \
 	ninja-build libglib2.0-dev libpixman-1-dev libfdt-dev pkg-config patch python3-venv \
 	seabios qemu-system-data dpkg-dev \
