@@ -876,3 +876,33 @@ pub const fn device_errno(status: u32) -> u32 {
 pub fn card_len(card: &[u8; config::CARD_LEN]) -> Option<usize> {
     card.iter().position(|&b| b == 0)
 }
+
+/// Repairs what the V4L2 core itself would choke on in a successful response payload.
+///
+/// `ENUM_FMT`: the core's `v4l_fill_fmtdesc()` `WARN`s on an unknown `pixelformat` whose
+/// `description` is empty, so a device could splat the guest at will. The description is
+/// NUL-terminated at its last byte and, if empty, set to the fourcc's characters. Returns
+/// whether anything was changed.
+pub fn sanitize_response(nr: u8, payload: &mut [u8]) -> bool {
+    // struct v4l2_fmtdesc: index@0 type@4 flags@8 description[32]@12 pixelformat@44.
+    const DESC: usize = 12;
+    const DESC_LEN: usize = 32;
+    const PIXFMT: usize = 44;
+    if nr != nr::ENUM_FMT || payload.len() < PIXFMT + 4 {
+        return false;
+    }
+    let mut changed = false;
+    if payload[DESC + DESC_LEN - 1] != 0 {
+        payload[DESC + DESC_LEN - 1] = 0;
+        changed = true;
+    }
+    if payload[DESC] == 0 {
+        let mut cc = [0u8; 4];
+        cc.copy_from_slice(&payload[PIXFMT..PIXFMT + 4]);
+        for (i, c) in cc.iter().enumerate() {
+            payload[DESC + i] = if c.is_ascii_graphic() { *c } else { b'?' };
+        }
+        changed = true;
+    }
+    changed
+}

@@ -344,6 +344,17 @@ impl Session {
                 off += n;
             }
         }
+        if outcome == IoctlOutcome::Ok {
+            if let Some(main) = parts.first_mut() {
+                if protocol::sanitize_response(nr, main) {
+                    dev_warn_rl!(
+                        self.media.dev(),
+                        "virtio_media: repaired ioctl {} payload",
+                        nr
+                    );
+                }
+            }
+        }
         match outcome {
             IoctlOutcome::Ok => Ok(()),
             IoctlOutcome::Err { errno, .. } => Err(device_error(errno)),

@@ -171,3 +171,22 @@ fn errno_mapping_and_card() {
     assert_eq!(card_len(&card), Some(13));
     assert_eq!(card_len(&[b'x'; 32]), None);
 }
+
+#[test]
+fn enum_fmt_descriptions_are_repaired() {
+    let mut f = [0u8; 64];
+    f[44..48].copy_from_slice(b"XYZ1");
+    assert!(sanitize_response(2, &mut f));
+    assert_eq!(&f[12..17], b"XYZ1\0");
+    // A non-terminated description gets its last byte cut.
+    let mut g = [b'a'; 64];
+    assert!(sanitize_response(2, &mut g));
+    assert_eq!(g[43], 0);
+    assert_eq!(g[12], b'a');
+    // A good one is left alone; other ioctls are never touched.
+    let mut h = [0u8; 64];
+    h[12..16].copy_from_slice(b"YUV\0");
+    assert!(!sanitize_response(2, &mut h));
+    let mut other = [0u8; 208];
+    assert!(!sanitize_response(4, &mut other));
+}
