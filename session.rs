@@ -145,12 +145,7 @@ impl VirtioMedia {
 
     /// Warns (rate-limited) about a malformed response and returns `EIO`.
     fn bad_response(&self, what: &str, e: protocol::ProtoError) -> Error {
-        dev_warn_rl!(
-            self.dev(),
-            "virtio_media: malformed {} response: {:?}",
-            what,
-            e
-        );
+        dev_warn_rl!(self.dev(), "malformed {} response: {:?}", what, e);
         EIO
     }
 }
@@ -237,11 +232,7 @@ impl Session {
         let mut sessions = media.sessions.lock();
         if sessions.get(&id).is_some() {
             drop(sessions);
-            dev_warn_rl!(
-                media.dev(),
-                "virtio_media: device reused open session id {}",
-                id
-            );
+            dev_warn_rl!(media.dev(), "device reused open session id {}", id);
             return Err(EBUSY);
         }
         sessions.insert(node);
@@ -283,7 +274,7 @@ impl Session {
             protocol::Event::Error { errno, .. } => {
                 dev_warn_rl!(
                     self.media.dev(),
-                    "virtio_media: device reported error {} on session {}",
+                    "device reported error {} on session {}",
                     errno,
                     self.id
                 );
@@ -294,7 +285,7 @@ impl Session {
             other => {
                 dev_warn_rl!(
                     self.media.dev(),
-                    "virtio_media: unexpected event on session {}: {:?}",
+                    "unexpected event on session {}: {:?}",
                     self.id,
                     other
                 );
@@ -347,11 +338,7 @@ impl Session {
         if outcome == IoctlOutcome::Ok {
             if let Some(main) = parts.first_mut() {
                 if protocol::sanitize_response(nr, main) {
-                    dev_warn_rl!(
-                        self.media.dev(),
-                        "virtio_media: repaired ioctl {} payload",
-                        nr
-                    );
+                    dev_warn_rl!(self.media.dev(), "repaired ioctl {} payload", nr);
                 }
             }
         }
@@ -421,12 +408,7 @@ fn send_close(media: &VirtioMedia, id: u32) {
     });
     if let Err(e) = res {
         if e != ENODEV {
-            dev_warn_rl!(
-                media.dev(),
-                "virtio_media: CLOSE of session {} failed: {:?}",
-                id,
-                e
-            );
+            dev_warn_rl!(media.dev(), "CLOSE of session {} failed: {:?}", id, e);
         }
     }
 }

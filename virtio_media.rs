@@ -168,11 +168,7 @@ impl VirtioMedia {
                 self.handle_event(ev.buf[0].bytes_mut(), used as usize);
                 ev.buf[0].bytes_mut().fill(0);
                 if let Err((e, _lost)) = vq.add(ev) {
-                    dev_warn_rl!(
-                        self.dev,
-                        "virtio_media: cannot repost an event buffer: {:?}",
-                        e
-                    );
+                    dev_warn_rl!(self.dev, "cannot repost an event buffer: {:?}", e);
                 } else {
                     reposted = true;
                 }
@@ -191,7 +187,7 @@ impl VirtioMedia {
         let ev = match protocol::parse_event(buf, used) {
             Ok(ev) => ev,
             Err(e) => {
-                dev_warn_rl!(self.dev, "virtio_media: dropping malformed event: {:?}", e);
+                dev_warn_rl!(self.dev, "dropping malformed event: {:?}", e);
                 return;
             }
         };
@@ -205,12 +201,7 @@ impl VirtioMedia {
             sessions.get(&id).cloned()
         };
         let Some(session) = session else {
-            dev_warn_rl!(
-                self.dev,
-                "virtio_media: event for unknown session {}: {:?}",
-                id,
-                ev
-            );
+            dev_warn_rl!(self.dev, "event for unknown session {}: {:?}", id, ev);
             return;
         };
         session.handle_event(ev, buf);
@@ -309,18 +300,11 @@ impl DeviceConfig {
         if vfl_type == ffi::raw::vfl_devnode_type_VFL_TYPE_SUBDEV
             || vfl_type >= ffi::raw::vfl_devnode_type_VFL_TYPE_MAX
         {
-            dev_err!(
-                dev,
-                "virtio_media: unsupported device_type {} in config space",
-                vfl_type
-            );
+            dev_err!(dev, "unsupported device_type {} in config space", vfl_type);
             return Err(EINVAL);
         }
         if protocol::card_len(&card).is_none() {
-            dev_err!(
-                dev,
-                "virtio_media: config space card name is not NUL-terminated"
-            );
+            dev_err!(dev, "config space card name is not NUL-terminated");
             return Err(EINVAL);
         }
         // V4L2_CAP_DEVICE_CAPS only has a meaning in `capabilities`.
@@ -333,7 +317,7 @@ impl DeviceConfig {
             (false, false) => {
                 dev_err!(
                     dev,
-                    "virtio_media: device_caps {:#010x} name no capture, output or M2M capability",
+                    "device_caps {:#010x} name no capture, output or M2M capability",
                     raw_caps
                 );
                 return Err(EINVAL);
@@ -385,7 +369,7 @@ pub(crate) fn probe(vdev: &VirtioDevice) -> Result {
     let (cmdq, evq) = match vdev.find_vqs() {
         Ok(q) => q,
         Err(e) => {
-            dev_err!(dev, "virtio_media: cannot find commandq/eventq: {:?}", e);
+            dev_err!(dev, "cannot find commandq/eventq: {:?}", e);
             drop(vdev.take_media());
             return Err(e);
         }
@@ -402,7 +386,7 @@ pub(crate) fn probe(vdev: &VirtioDevice) -> Result {
         e
     };
     if let Err(e) = media.post_event_buffers() {
-        dev_err!(dev, "virtio_media: cannot post eventq buffers: {:?}", e);
+        dev_err!(dev, "cannot post eventq buffers: {:?}", e);
         return Err(fail(e));
     }
     if let Err(e) = ffi::register_video(
@@ -414,16 +398,12 @@ pub(crate) fn probe(vdev: &VirtioDevice) -> Result {
         cfg.device_caps,
         media.card(),
     ) {
-        dev_err!(
-            dev,
-            "virtio_media: cannot register the video device: {:?}",
-            e
-        );
+        dev_err!(dev, "cannot register the video device: {:?}", e);
         return Err(fail(e));
     }
     dev_info!(
         dev,
-        "virtio_media: '{}' device_caps {:#010x} type {} dir {:?}",
+        "'{}' device_caps {:#010x} type {} dir {:?}",
         core::str::from_utf8(media.card()).unwrap_or("?"),
         cfg.device_caps,
         cfg.vfl_type,

@@ -249,8 +249,9 @@ def _prune_runs() -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
-def _copy_modules(art: Artifacts, dest: Path) -> None:
-    """The guest kernel's modules (+ ours in extra/) laid out as /lib/modules/$(uname -r)."""
+def _install_modules(art: Artifacts, root: Path) -> None:
+    """The guest kernel's modules (+ ours in extra/) as ROOT/lib/modules/$(uname -r), depmod'ed."""
+    dest = root / "lib" / "modules" / art.krelease
     dest.mkdir(parents=True)
     for name in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
         if (art.kbuild / name).exists():
@@ -264,6 +265,10 @@ def _copy_modules(art: Artifacts, dest: Path) -> None:
     if art.module:
         (dest / "extra").mkdir()
         shutil.copy2(art.module, dest / "extra" / art.module.name)
+    p = subprocess.run(["depmod", "-b", str(root), art.krelease], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True)
+    if p.returncode != 0:
+        raise RigError(f"depmod -b {root} {art.krelease} failed: {p.stdout}")
 
 
 class Guest:
@@ -336,7 +341,7 @@ class Guest:
 
         # The guest mounts a tmpfs on /lib/modules, which must exist on the read-only root.
         Path("/lib/modules").mkdir(exist_ok=True)
-        _copy_modules(art, share / "modules")  # in-tree ones always, ours unless module="none"
+        _install_modules(art, share / "modroot")  # in-tree ones always, ours unless module="none"
         (share / "cmd.sh").write_text(self.cmd + "\n")
         (share / "config").write_text(
             f"VMRS_TIMEOUT={self.timeout}\nVMRS_MODULE={self.module}\n"
@@ -358,14 +363,14 @@ class Guest:
                 time.sleep(0.02)
 
         cmdline = " ".join([
-            "console=ttyS0", "loglevel=6", "log_buf_len=8M", "printk.devkmsg=on", "panic=-1",
+            "console=ttyS0", "loglevel=7", "log_buf_len=8M", "printk.devkmsg=on", "panic=-1",
             "root=/dev/root", "rootfstype=9p",
             "rootflags=trans=virtio,version=9p2000.L,msize=512000,cache=loose", "ro",
             f"init={GUEST_INIT}",
         ] + (["kmemleak=on"] if self.kmemleak else []) + ([self.extra_cmdline] if self.extra_cmdline else []))
         args = [
             str(art.qemu),
-            "-machine", "pc", "-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "1G",
+            "-machine", "pc", "-accel", "tcg", "-cpu", "max", "-smp", "2,sockets=2,cores=1,threads=1", "-m", "1G",
             "-object", "memory-backend-memfd,id=mem,size=1G,share=on", "-numa", "node,memdev=mem",
             "-nodefaults", "-nographic", "-no-reboot",
             "-serial", f"file:{run / 'serial.log'}",
