@@ -3,7 +3,9 @@
  * Kernel headers the driver's module-local bindgen run sees (see Kbuild). Everything the Rust
  * code calls in C goes through the bindings generated from this file, and only ffi.rs uses them.
  */
+#include <linux/mm.h>
 #include <linux/module.h>
+#include <linux/poll.h>
 #include <linux/scatterlist.h>
 #include <linux/spinlock.h>
 #include <linux/virtio.h>
@@ -25,4 +27,5 @@ void vmrs_dev_info(struct device *dev, const void *fmt_args);
 void vmrs_dev_err(struct device *dev, const void *fmt_args);
 void vmrs_init_work(struct work_struct *work, work_func_t func);
 bool vmrs_queue_bh_work(struct work_struct *work);
+int vmrs_wait_event_interruptible(struct wait_queue_head *wq, bool (*cond)(const void *), const void *data);
 extern const struct virtio_device_id vmrs_id_table[];

@@ -64,3 +64,11 @@ bool vmrs_queue_bh_work(struct work_struct *work)
 {
 	return queue_work(system_bh_wq, work);
 }
+
+/* wait_event_interruptible() with the condition as a callback (Rust closures cannot be macro
+ * arguments). Returns 0 or -ERESTARTSYS. */
+int vmrs_wait_event_interruptible(struct wait_queue_head *wq, bool (*cond)(const void *),
+				  const void *data)
+{
+	return wait_event_interruptible(*wq, cond(data));
+}

@@ -528,6 +528,18 @@ impl VirtioDevice {
         }
     }
 
+    /// Shared memory region `id`: guest-physical address and length, if the device has it.
+    pub(crate) fn shm_region(&self, id: u8) -> Option<(u64, u64)> {
+        // SAFETY: All-zero is a valid `virtio_shm_region`.
+        let mut r: raw::virtio_shm_region = unsafe { core::mem::zeroed() };
+        // SAFETY: `self.0` is live; `r` is valid for writes.
+        if unsafe { raw::virtio_get_shm_region(self.0.as_ptr(), &mut r, id) } {
+            Some((r.addr, r.len))
+        } else {
+            None
+        }
+    }
+
     /// Sets DRIVER_OK: the device may now use the queues.
     pub(crate) fn ready(&self) {
         // SAFETY: `self.0` is live and its vqs were found.
@@ -723,6 +735,8 @@ pub(crate) fn register_video(
         (*fops).open = Some(fop_open);
         (*fops).release = Some(fop_release);
         (*fops).unlocked_ioctl = Some(fop_ioctl);
+        (*fops).poll = Some(fop_poll);
+        (*fops).mmap = Some(fop_mmap);
         (*vd).fops = fops;
         (*vd).ioctl_ops = &OPS.0;
         (*vd).v4l2_dev = v4l2_dev;
@@ -798,6 +812,55 @@ impl FileHandle {
     }
 }
 
+impl FileHandle {
+    /// Queues a V4L2 event (`v4l2_event_queue_fh`); `ev` is the device's 136-byte
+    /// `struct v4l2_event`. Only subscribed event types are delivered by the V4L2 core.
+    /// Callers ensure the handle is live (between `fop_open` and `fop_release`).
+    pub(crate) fn queue_event(&self, ev: &[u8]) {
+        // SAFETY: All-zero is a valid `v4l2_event`.
+        let mut e: raw::v4l2_event = unsafe { core::mem::zeroed() };
+        let n = ev.len().min(core::mem::size_of::<raw::v4l2_event>());
+        // SAFETY: `e` is a plain C struct of at least `n` bytes; `ev` holds `n` bytes.
+        unsafe { core::ptr::copy_nonoverlapping(ev.as_ptr(), (&raw mut e).cast::<u8>(), n) };
+        // SAFETY: The handle is initialised and added (caller's guarantee); `e` is valid for
+        // the call, which copies it.
+        unsafe { raw::v4l2_event_queue_fh(self.fh.get(), &e) };
+    }
+
+    /// Wakes everything waiting on the handle's wait queue (poll, DQBUF, DQEVENT).
+    pub(crate) fn wake_all(&self) {
+        // SAFETY: `fh.wait` was initialised by `v4l2_fh_init` (callers ensure the handle is
+        // live) and lives as long as `self`.
+        unsafe {
+            raw::__wake_up(
+                &raw mut (*self.fh.get()).wait,
+                kbindings::TASK_NORMAL,
+                0,
+                core::ptr::null_mut(),
+            )
+        };
+    }
+
+    /// Sleeps interruptibly on the handle's wait queue until `cond` holds.
+    /// Errors: `ERESTARTSYS` on a signal.
+    pub(crate) fn wait_interruptible<F: Fn() -> bool>(&self, cond: F) -> Result {
+        unsafe extern "C" fn call<F: Fn() -> bool>(data: *const c_void) -> bool {
+            // SAFETY: `data` is the `&F` passed below, alive for the whole wait.
+            unsafe { (*(data as *const F))() }
+        }
+        // SAFETY: `fh.wait` is initialised (the handle belongs to an open file); `cond`
+        // outlives the call.
+        let ret = unsafe {
+            raw::vmrs_wait_event_interruptible(
+                &raw mut (*self.fh.get()).wait,
+                Some(call::<F>),
+                (&cond as *const F).cast(),
+            )
+        };
+        to_result(ret)
+    }
+}
+
 /// The [`Session`] whose file handle is `fh` (the `void *fh` of ioctl ops, which is
 /// `file->private_data`).
 ///
@@ -837,6 +900,7 @@ unsafe extern "C" fn fop_open(file: *mut raw::file) -> i32 {
         raw::v4l2_fh_add(fh);
         (*file).private_data = fh.cast();
     }
+    session.fh_ready();
     // The open file owns one reference, given back in `fop_release`.
     let _ = Arc::into_raw(session);
     0
@@ -853,6 +917,8 @@ unsafe extern "C" fn fop_release(file: *mut raw::file) -> i32 {
     let fh = unsafe { (*file).private_data };
     // SAFETY: As above; the file is being released, so this is the last user of the handle.
     let session = unsafe { session_of(fh) };
+    // No event is delivered to the handle from here on.
+    session.begin_release();
     // SAFETY: Initialised and added in `fop_open`.
     unsafe {
         raw::v4l2_fh_del(fh.cast());
@@ -861,6 +927,134 @@ unsafe extern "C" fn fop_release(file: *mut raw::file) -> i32 {
     session.close();
     // SAFETY: Takes back the reference leaked by `fop_open`.
     drop(unsafe { Arc::from_raw(session as *const Session) });
+    0
+}
+
+/// `poll()` event bits (include/uapi/linux/eventpoll.h).
+pub(crate) mod poll {
+    pub(crate) const EPOLLIN: u32 = 0x001;
+    pub(crate) const EPOLLPRI: u32 = 0x002;
+    pub(crate) const EPOLLOUT: u32 = 0x004;
+    pub(crate) const EPOLLERR: u32 = 0x008;
+    pub(crate) const EPOLLRDNORM: u32 = 0x040;
+    pub(crate) const EPOLLWRNORM: u32 = 0x100;
+}
+
+/// `v4l2_file_operations.poll`: buffers (per V4L2 queue semantics) and V4L2 events.
+///
+/// # Safety
+///
+/// Only the V4L2 core calls this, with an open file of our node and its poll table.
+unsafe extern "C" fn fop_poll(file: *mut raw::file, wait: *mut raw::poll_table_struct) -> u32 {
+    // SAFETY: `private_data` is our `v4l2_fh` while the file is open.
+    let fh = unsafe { (*file).private_data };
+    // SAFETY: As above.
+    let session = unsafe { session_of(fh) };
+    let fhp = fh as *mut raw::v4l2_fh;
+    // SAFETY: The poll table and the handle's initialised wait queue are valid for the call.
+    let req = unsafe {
+        raw::poll_wait(file, &raw mut (*fhp).wait, wait);
+        raw::poll_requested_events(wait) as u32
+    };
+    let dir = session.media().direction();
+    let capture = dir != Direction::Tx;
+    let output = dir != Direction::Rx;
+    let mut mask = session.poll_mask(req, capture, output);
+    // SAFETY: The handle is initialised.
+    if req & poll::EPOLLPRI != 0 && unsafe { raw::v4l2_event_pending(fhp) } > 0 {
+        mask |= poll::EPOLLPRI;
+    }
+    mask
+}
+
+/// `vm_operations_struct` of MMAP buffer mappings: `vm_private_data` holds one
+/// `Arc<Mapping>` reference per VMA.
+struct VmOps(raw::vm_operations_struct);
+// SAFETY: Only function pointers, never written.
+unsafe impl Sync for VmOps {}
+
+static VM_OPS: VmOps = VmOps({
+    // SAFETY: All-zero is a valid `vm_operations_struct`.
+    let mut o: raw::vm_operations_struct = unsafe { core::mem::zeroed() };
+    o.open = Some(vm_open);
+    o.close = Some(vm_close);
+    o
+});
+
+/// `vm_ops->open`: a VMA was duplicated (fork, split, mremap); it takes its own reference.
+///
+/// # Safety
+///
+/// Only the MM calls this, on a VMA set up by `fop_mmap` (or derived from one).
+unsafe extern "C" fn vm_open(vma: *mut raw::vm_area_struct) {
+    // SAFETY: `vm_private_data` of our VMAs is a reference from `Arc::into_raw`, still held
+    // by the VMA this one was copied from.
+    let m = unsafe { ArcBorrow::<crate::mmap::Mapping>::from_raw((*vma).vm_private_data.cast()) };
+    let a: Arc<crate::mmap::Mapping> = m.into();
+    let _ = Arc::into_raw(a);
+}
+
+/// `vm_ops->close`: a VMA goes away; drops its reference (the last one unmaps on the device).
+///
+/// # Safety
+///
+/// Only the MM calls this, once per VMA that `fop_mmap` or `vm_open` gave a reference.
+unsafe extern "C" fn vm_close(vma: *mut raw::vm_area_struct) {
+    // SAFETY: The VMA's own reference, taken in `fop_mmap`/`vm_open`, released only here.
+    drop(unsafe { Arc::<crate::mmap::Mapping>::from_raw((*vma).vm_private_data.cast()) });
+}
+
+/// `v4l2_file_operations.mmap`: maps an MMAP buffer through SHM region 0 (see `mmap.rs`).
+///
+/// # Safety
+///
+/// Only the V4L2 core calls this, with an open file of our node and a new VMA.
+unsafe extern "C" fn fop_mmap(file: *mut raw::file, vma: *mut raw::vm_area_struct) -> i32 {
+    // SAFETY: `private_data` is our `v4l2_fh` while the file is open.
+    let session = unsafe { session_of((*file).private_data) };
+    // SAFETY: The VMA is valid and not yet visible to anyone else.
+    let (start, end, pgoff, flags) = unsafe {
+        let v = &(*vma).__bindgen_anon_1.__bindgen_anon_1;
+        (
+            v.vm_start,
+            v.vm_end,
+            (*vma).vm_pgoff,
+            (*vma).__bindgen_anon_2.vm_flags,
+        )
+    };
+    let flags = flags as u64;
+    if flags & u64::from(raw::VM_SHARED) == 0 {
+        return EINVAL.to_errno();
+    }
+    let writable = flags & u64::from(raw::VM_WRITE) != 0;
+    let size = (end - start) as u64;
+    let offset = (pgoff as u64) << kernel::page::PAGE_SHIFT;
+    let (mapping, target) = match crate::mmap::Mapping::new(session, offset, size, writable) {
+        Ok(m) => m,
+        Err(e) => return e.to_errno(),
+    };
+    // SAFETY: `vma` is being set up under the mmap lock; the pfn range is the SHM BAR range
+    // the device just mapped the buffer into, checked to lie inside the region.
+    let ret = unsafe {
+        if !writable {
+            raw::vm_flags_clear(vma, raw::VM_MAYWRITE as _);
+        }
+        raw::remap_pfn_range(
+            vma,
+            start,
+            (target.phys >> kernel::page::PAGE_SHIFT) as _,
+            target.size as _,
+            (*vma).vm_page_prot,
+        )
+    };
+    if ret != 0 {
+        return ret;
+    }
+    // SAFETY: As above; the VMA now owns one reference, released by `vm_close`.
+    unsafe {
+        (*vma).vm_private_data = Arc::into_raw(mapping) as *mut c_void;
+        (*vma).vm_ops = &VM_OPS.0;
+    }
     0
 }
 
@@ -1039,6 +1233,140 @@ unsafe extern "C" fn fwd_ext_ctrls<const NR: u8>(
     to_c(ret)
 }
 
+/// `QBUF`/`QUERYBUF`/`PREPARE_BUF`: the buffer and, for multi-planar types, its planes
+/// (the V4L2 core has copied `length` planes into a kernel array at `m.planes`).
+///
+/// # Safety
+///
+/// Only the V4L2 core calls this, with our file handle and its kernel copy of the argument.
+unsafe extern "C" fn fwd_buf<const NR: u8>(
+    _file: *mut raw::file,
+    fh: *mut c_void,
+    arg: *mut raw::v4l2_buffer,
+) -> i32 {
+    // SAFETY: See `buffer_parts`.
+    let (b, planes) = match unsafe { buffer_parts(arg) } {
+        Ok(p) => p,
+        Err(e) => return e.to_errno(),
+    };
+    // SAFETY: `fh` is our handle.
+    to_c(unsafe { session_of(fh) }.buf_ioctl(NR, b, planes))
+}
+
+/// The bytes of a `v4l2_buffer` the V4L2 core passed, and of its planes array for
+/// multi-planar types (empty otherwise).
+///
+/// # Safety
+///
+/// `arg` must be the core's kernel copy of a `v4l2_buffer` argument, valid for the call; for
+/// multi-planar types its `m.planes` points at the core's kernel copy of `length` planes.
+unsafe fn buffer_parts<'a>(arg: *mut raw::v4l2_buffer) -> Result<(&'a mut [u8], &'a mut [u8])> {
+    // SAFETY: Per the contract.
+    let (t, len, planes) = unsafe { ((*arg).type_, (*arg).length, (*arg).m.planes) };
+    let planes: &mut [u8] = if protocol::buf_type_is_multiplanar(t) {
+        if len as usize > protocol::MAX_PLANES || (len > 0 && planes.is_null()) {
+            return Err(EINVAL);
+        }
+        if len == 0 {
+            &mut []
+        } else {
+            // SAFETY: Per the contract, `len` planes in a kernel buffer distinct from `*arg`.
+            unsafe {
+                core::slice::from_raw_parts_mut(
+                    planes.cast::<u8>(),
+                    len as usize * protocol::plane::SIZE,
+                )
+            }
+        }
+    } else {
+        &mut []
+    };
+    // SAFETY: Per the contract; no other reference to `*arg` is live.
+    let b = unsafe { core::slice::from_raw_parts_mut(arg.cast::<u8>(), protocol::buf::SIZE) };
+    Ok((b, planes))
+}
+
+/// `VIDIOC_DQBUF`: answered locally from the DQBUF events of the session.
+///
+/// # Safety
+///
+/// As for `fwd_buf`.
+unsafe extern "C" fn op_dqbuf(
+    file: *mut raw::file,
+    fh: *mut c_void,
+    arg: *mut raw::v4l2_buffer,
+) -> i32 {
+    // SAFETY: See `buffer_parts`.
+    let (b, planes) = match unsafe { buffer_parts(arg) } {
+        Ok(p) => p,
+        Err(e) => return e.to_errno(),
+    };
+    // SAFETY: `file` is the open file of the call.
+    let nonblock = unsafe { (*file).f_flags } & raw::O_NONBLOCK != 0;
+    // SAFETY: `fh` is our handle.
+    to_c(unsafe { session_of(fh) }.dqbuf(nonblock, b, planes))
+}
+
+/// `VIDIOC_SUBSCRIBE_EVENT`: forwarded to the device, then registered in the V4L2 event core
+/// (which delivers only subscribed events to the handle).
+///
+/// # Safety
+///
+/// Only the V4L2 core calls this, with our handle and its kernel copy of the argument.
+unsafe extern "C" fn op_subscribe(
+    fh: *mut raw::v4l2_fh,
+    sub: *const raw::v4l2_event_subscription,
+) -> i32 {
+    // SAFETY: Per the contract.
+    let (session, bytes) = unsafe {
+        (
+            session_of(fh.cast()),
+            core::slice::from_raw_parts(sub.cast::<u8>(), 32),
+        )
+    };
+    // V4L2_EVENT_ALL is only valid for UNSUBSCRIBE (the core would refuse it below, after
+    // the device had seen it).
+    // SAFETY: As above.
+    if unsafe { (*sub).type_ } == raw::V4L2_EVENT_ALL {
+        return EINVAL.to_errno();
+    }
+    if let Err(e) = session.subscription(nr::SUBSCRIBE_EVENT, bytes) {
+        return e.to_errno();
+    }
+    // SAFETY: The handle is live (ioctl on an open file); 32 events of backlog.
+    let ret = unsafe { raw::v4l2_event_subscribe(fh, sub, 32, core::ptr::null()) };
+    if ret != 0 {
+        let _ = session.subscription(nr::UNSUBSCRIBE_EVENT, bytes);
+    }
+    ret
+}
+
+/// `VIDIOC_UNSUBSCRIBE_EVENT`: removed locally and forwarded. `V4L2_EVENT_ALL` is handled in
+/// the guest only (the device is not told: vhost-device-media 0.1.1 crashes on that type).
+///
+/// # Safety
+///
+/// As for `op_subscribe`.
+unsafe extern "C" fn op_unsubscribe(
+    fh: *mut raw::v4l2_fh,
+    sub: *const raw::v4l2_event_subscription,
+) -> i32 {
+    // SAFETY: Per the contract.
+    let ret = unsafe { raw::v4l2_event_unsubscribe(fh, sub) };
+    // SAFETY: As above.
+    if ret != 0 || unsafe { (*sub).type_ } == raw::V4L2_EVENT_ALL {
+        return ret;
+    }
+    // SAFETY: As above.
+    let (session, bytes) = unsafe {
+        (
+            session_of(fh.cast()),
+            core::slice::from_raw_parts(sub.cast::<u8>(), 32),
+        )
+    };
+    to_c(session.subscription(nr::UNSUBSCRIBE_EVENT, bytes))
+}
+
 /// `struct v4l2_ioctl_ops` in a static.
 struct Ops(raw::v4l2_ioctl_ops);
 // SAFETY: The table holds only function pointers and is never written.
@@ -1056,6 +1384,16 @@ macro_rules! ops {
 /// The ioctl operations: every fixed-size ioctl the protocol carries, forwarded.
 static OPS: Ops = Ops(ops! {
     vidioc_querycap => op_querycap,
+    vidioc_reqbufs => fwd::<raw::v4l2_requestbuffers, { nr::REQBUFS }>,
+    vidioc_create_bufs => fwd::<raw::v4l2_create_buffers, { nr::CREATE_BUFS }>,
+    vidioc_querybuf => fwd_buf::<{ nr::QUERYBUF }>,
+    vidioc_qbuf => fwd_buf::<{ nr::QBUF }>,
+    vidioc_prepare_buf => fwd_buf::<{ nr::PREPARE_BUF }>,
+    vidioc_dqbuf => op_dqbuf,
+    vidioc_streamon => fwd_u32::<{ nr::STREAMON }>,
+    vidioc_streamoff => fwd_u32::<{ nr::STREAMOFF }>,
+    vidioc_subscribe_event => op_subscribe,
+    vidioc_unsubscribe_event => op_unsubscribe,
     vidioc_enum_fmt_vid_cap => fwd::<raw::v4l2_fmtdesc, { nr::ENUM_FMT }>,
     vidioc_enum_fmt_vid_overlay => fwd::<raw::v4l2_fmtdesc, { nr::ENUM_FMT }>,
     vidioc_enum_fmt_vid_out => fwd::<raw::v4l2_fmtdesc, { nr::ENUM_FMT }>,

@@ -481,18 +481,37 @@ pub fn check_ioctl_resp(
     avail: usize,
     payload_len: usize,
 ) -> Result<IoctlOutcome, ProtoError> {
+    check_ioctl_resp_min(resp, used, avail, payload_len, payload_len).map(|(o, _)| o)
+}
+
+/// Like [`check_ioctl_resp`], for payloads whose tail is optional: a success must carry at
+/// least `required` of the `payload_len` payload bytes (e.g. a `v4l2_buffer` whose appended
+/// planes the device writes only as far as it has planes). Also returns how many payload
+/// bytes the device wrote (at most `payload_len`).
+pub fn check_ioctl_resp_min(
+    resp: &[u8],
+    used: usize,
+    avail: usize,
+    payload_len: usize,
+    required: usize,
+) -> Result<(IoctlOutcome, usize), ProtoError> {
     let status = check_resp_header(resp, used, avail)?;
-    let full = size_of::<RespIoctl>() + payload_len;
+    let hdr = size_of::<RespIoctl>();
+    let written = (used - hdr).min(payload_len);
     if status == 0 {
-        if used < full {
-            return Err(ProtoError::Short(used, full));
+        if used < hdr + required {
+            return Err(ProtoError::Short(used, hdr + required));
         }
-        Ok(IoctlOutcome::Ok)
+        Ok((IoctlOutcome::Ok, written))
     } else {
-        Ok(IoctlOutcome::Err {
-            errno: status,
-            payload_written: payload_len > 0 && used >= full,
-        })
+        let full = payload_len > 0 && written == payload_len;
+        Ok((
+            IoctlOutcome::Err {
+                errno: status,
+                payload_written: full,
+            },
+            if full { written } else { 0 },
+        ))
     }
 }
 
@@ -905,4 +924,136 @@ pub fn sanitize_response(nr: u8, payload: &mut [u8]) -> bool {
         changed = true;
     }
     changed
+}
+
+/// Validates the response to [`CMD_MMAP`]: `Ok(Ok((shm_offset, len)))` or `Ok(Err(errno))`.
+pub fn check_mmap_resp(
+    resp: &[u8],
+    used: usize,
+    avail: usize,
+) -> Result<Result<(u64, u64), u32>, ProtoError> {
+    let status = check_resp_header(resp, used, avail)?;
+    if status != 0 {
+        return Ok(Err(status));
+    }
+    if used < size_of::<RespMmap>() {
+        return Err(ProtoError::Short(used, size_of::<RespMmap>()));
+    }
+    let short = ProtoError::Short(used, size_of::<RespMmap>());
+    let addr = get_u64(resp, offset_of!(RespMmap, driver_addr)).ok_or(short)?;
+    let len = get_u64(resp, offset_of!(RespMmap, len)).ok_or(short)?;
+    Ok(Ok((addr, len)))
+}
+
+/// Offsets in `struct v4l2_buffer` (64-bit layout, 88 bytes).
+pub mod buf {
+    /// `__u32 index`.
+    pub const INDEX: usize = 0;
+    /// `__u32 type`.
+    pub const TYPE: usize = 4;
+    /// `__u32 bytesused`.
+    pub const BYTESUSED: usize = 8;
+    /// `__u32 flags`.
+    pub const FLAGS: usize = 12;
+    /// `__u32 memory`.
+    pub const MEMORY: usize = 60;
+    /// `union m` (offset, userptr, planes pointer or fd), 8 bytes.
+    pub const M: usize = 64;
+    /// `__u32 length`: buffer size, or number of planes for multi-planar types.
+    pub const LENGTH: usize = 72;
+    /// Size of the struct.
+    pub const SIZE: usize = super::V4L2_BUFFER_SIZE;
+    /// `V4L2_BUF_FLAG_LAST`: the last buffer of a stream (codecs, after a drain).
+    pub const FLAG_LAST: u32 = 0x0010_0000;
+}
+
+/// Offsets in `struct v4l2_plane` (64 bytes).
+pub mod plane {
+    /// `__u32 bytesused`.
+    pub const BYTESUSED: usize = 0;
+    /// `__u32 length`.
+    pub const LENGTH: usize = 4;
+    /// `union m` (mem_offset, userptr or fd), 8 bytes.
+    pub const M: usize = 8;
+    /// `__u32 data_offset`.
+    pub const DATA_OFFSET: usize = 16;
+    /// Size of the struct.
+    pub const SIZE: usize = super::V4L2_PLANE_SIZE;
+}
+
+/// `V4L2_MEMORY_MMAP`.
+pub const MEMORY_MMAP: u32 = 1;
+
+/// Queue a buffer type belongs to, for types that stream.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Queue {
+    /// Device-to-driver: capture, VBI/SDR/meta capture.
+    Capture = 0,
+    /// Driver-to-device: output, VBI/SDR/meta output.
+    Output = 1,
+}
+
+/// The queue of a streaming `v4l2_buf_type`, `None` for overlays and unknown types.
+pub const fn queue_of(buf_type: u32) -> Option<Queue> {
+    match buf_type {
+        // VIDEO_CAPTURE, VBI_CAPTURE, SLICED_VBI_CAPTURE, VIDEO_CAPTURE_MPLANE, SDR_CAPTURE,
+        // META_CAPTURE.
+        1 | 4 | 6 | 9 | 11 | 13 => Some(Queue::Capture),
+        // VIDEO_OUTPUT, VBI_OUTPUT, SLICED_VBI_OUTPUT, VIDEO_OUTPUT_MPLANE, SDR_OUTPUT,
+        // META_OUTPUT.
+        2 | 5 | 7 | 10 | 12 | 14 => Some(Queue::Output),
+        _ => None,
+    }
+}
+
+/// Checks the buffer of a DQBUF event against what the driver knows of the queue:
+/// `num_buffers` allocated. A plane's `bytesused` must fit its `length`, and its
+/// `data_offset` must lie before `bytesused` (videodev2.h's rule for `data_offset`).
+pub fn check_dqbuf(ev: &[u8], num_buffers: u32) -> Result<(), DqbufError> {
+    let b = DQBUF_BUFFER_OFFSET;
+    let index = get_u32(ev, b + buf::INDEX).ok_or(DqbufError::Short)?;
+    let buf_type = get_u32(ev, b + buf::TYPE).ok_or(DqbufError::Short)?;
+    if queue_of(buf_type).is_none() {
+        return Err(DqbufError::BadType(buf_type));
+    }
+    if index >= num_buffers {
+        return Err(DqbufError::BadIndex(index, num_buffers));
+    }
+    if buf_type_is_multiplanar(buf_type) {
+        let n = get_u32(ev, b + buf::LENGTH).ok_or(DqbufError::Short)? as usize;
+        if n == 0 || n > MAX_PLANES {
+            return Err(DqbufError::BadPlanes(n as u32));
+        }
+        for i in 0..n {
+            let p = DQBUF_PLANES_OFFSET + i * plane::SIZE;
+            let used = get_u32(ev, p + plane::BYTESUSED).ok_or(DqbufError::Short)?;
+            let len = get_u32(ev, p + plane::LENGTH).ok_or(DqbufError::Short)?;
+            let off = get_u32(ev, p + plane::DATA_OFFSET).ok_or(DqbufError::Short)?;
+            if used > len || (used > 0 && off >= used) {
+                return Err(DqbufError::BadLength(i as u32, used, len));
+            }
+        }
+    } else {
+        let used = get_u32(ev, b + buf::BYTESUSED).ok_or(DqbufError::Short)?;
+        let len = get_u32(ev, b + buf::LENGTH).ok_or(DqbufError::Short)?;
+        if used > len {
+            return Err(DqbufError::BadLength(0, used, len));
+        }
+    }
+    Ok(())
+}
+
+/// Why a DQBUF event was refused.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum DqbufError {
+    /// Shorter than a DQBUF event.
+    Short,
+    /// Not a streaming buffer type.
+    BadType(u32),
+    /// Buffer index (index, number of buffers allocated).
+    BadIndex(u32, u32),
+    /// Plane count 0 or above [`MAX_PLANES`].
+    BadPlanes(u32),
+    /// A plane (or the buffer) with `bytesused` beyond `length`: (plane, bytesused, length).
+    BadLength(u32, u32, u32),
 }

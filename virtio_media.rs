@@ -18,6 +18,7 @@ use kernel::{
 };
 
 mod ffi;
+mod mmap;
 pub mod protocol;
 mod session;
 
@@ -98,6 +99,9 @@ pub(crate) struct VirtioMedia {
     pub(crate) sessions: IrqSpinLock<RBTree<u32, Arc<Session>>>,
     dev: DevRef,
     device_caps: u32,
+    dir: Direction,
+    /// Shared memory region 0 (guest-physical base, length), where MMAP buffers are mapped.
+    shm: Option<(u64, u64)>,
     card: [u8; config::CARD_LEN],
     bus_info: [u8; 32],
 }
@@ -111,6 +115,16 @@ impl VirtioMedia {
     /// The device, for messages.
     pub(crate) fn dev(&self) -> DevRef {
         self.dev
+    }
+
+    /// Direction of the video node.
+    pub(crate) fn direction(&self) -> Direction {
+        self.dir
+    }
+
+    /// Shared memory region 0, if the device has one.
+    pub(crate) fn shm(&self) -> Option<(u64, u64)> {
+        self.shm
     }
 
     /// `device_caps` from the configuration space (validated at probe).
@@ -358,6 +372,8 @@ pub(crate) fn probe(vdev: &VirtioDevice) -> Result {
             sessions <- new_irq_spinlock!(RBTree::new(), "virtio_media:sessions"),
             dev,
             device_caps: cfg.device_caps,
+            dir: cfg.dir,
+            shm: vdev.shm_region(protocol::SHM_REGION_MMAP),
             card: cfg.card,
             bus_info: bus_info_for(vdev),
         }),
@@ -403,11 +419,12 @@ pub(crate) fn probe(vdev: &VirtioDevice) -> Result {
     }
     dev_info!(
         dev,
-        "'{}' device_caps {:#010x} type {} dir {:?}",
+        "'{}' device_caps {:#010x} type {} dir {:?} shm {:?}",
         core::str::from_utf8(media.card()).unwrap_or("?"),
         cfg.device_caps,
         cfg.vfl_type,
-        cfg.dir
+        cfg.dir,
+        media.shm()
     );
     Ok(())
 }
