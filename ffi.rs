@@ -844,6 +844,11 @@ impl FileHandle {
     /// Sleeps interruptibly on the handle's wait queue until `cond` holds.
     /// Errors: `ERESTARTSYS` on a signal.
     pub(crate) fn wait_interruptible<F: Fn() -> bool>(&self, cond: F) -> Result {
+        /// Evaluates the condition.
+        ///
+        /// # Safety
+        ///
+        /// `data` must point to a live `F`.
         unsafe extern "C" fn call<F: Fn() -> bool>(data: *const c_void) -> bool {
             // SAFETY: `data` is the `&F` passed below, alive for the whole wait.
             unsafe { (*(data as *const F))() }
