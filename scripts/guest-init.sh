@@ -22,13 +22,21 @@ OUT=/run/vmrs
 
 # The init's own helpers come from busybox-static: each dynamically linked exec costs ~0.3 s
 # under TCG with a KASAN kernel (ld.so walking the host's libraries over 9p).
-for a in mount mountpoint mkdir chmod cat mv sleep sync dmesg; do
+# (Debian's busybox has no `mountpoint`: is_mounted below.)
+for a in mount mkdir chmod cat mv sleep sync dmesg; do
 	eval "$a() { busybox $a \"\$@\"; }"
 done
 
+is_mounted() {
+	while read -r _ mp _; do
+		[ "$mp" = "$1" ] && return 0
+	done < /proc/mounts
+	return 1
+}
+
 finish() {
 	sync
-	# No ACPI in the guest kernel: "power off" would only halt. A reboot makes QEMU exit.
+	# A reboot makes QEMU (-no-reboot) exit, with or without ACPI in the guest kernel.
 	busybox reboot -f 2>/dev/null
 	echo b > /proc/sysrq-trigger
 	sleep 60
@@ -37,16 +45,17 @@ finish() {
 # A failure before the command ran: tell the host (setup-failed) and stop.
 fatal() {
 	echo "vmrs-init: $*" > /dev/console
-	if mountpoint -q "$OUT" 2>/dev/null; then
+	if [ -n "$OUT_MOUNTED" ]; then
 		echo "$*" > "$OUT/setup-failed"
 		dmesg > "$OUT/dmesg" 2>/dev/null
 	fi
 	finish
 }
 
-mountpoint -q /proc || mount -t proc -o nosuid,nodev,noexec proc /proc
-mountpoint -q /sys || mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
-mountpoint -q /dev || mount -t devtmpfs -o nosuid devtmpfs /dev
+OUT_MOUNTED=
+[ -r /proc/mounts ] || mount -t proc -o nosuid,nodev,noexec proc /proc
+is_mounted /sys || mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
+is_mounted /dev || mount -t devtmpfs -o nosuid devtmpfs /dev
 mkdir -p /dev/pts /dev/shm 2>/dev/null
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 mount -t tmpfs -o nosuid,nodev tmpfs /dev/shm
@@ -58,6 +67,7 @@ mount -t debugfs -o nosuid,nodev,noexec debugfs /sys/kernel/debug 2>/dev/null
 mkdir -p "$OUT"
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=none vmrs "$OUT" ||
 	fatal "cannot mount the run directory share (9p tag vmrs)"
+OUT_MOUNTED=1
 
 exec 2>>"$OUT/init.log"
 read -r t_init _ < /proc/uptime

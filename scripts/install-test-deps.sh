@@ -16,6 +16,7 @@ if [ ! -x /lib/systemd/systemd-udevd ]; then
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends udev >/dev/null ||
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends udev >/dev/null; }
 fi
-# The guest mounts a tmpfs on /lib/modules (the host root is read-only there): it must exist.
+# The guest bind-mounts its module tree on /lib/modules (the host root is read-only there): it
+# must exist.
 mkdir -p /lib/modules
 log "test deps ready"

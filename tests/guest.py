@@ -203,7 +203,7 @@ class GuestResult:
     boot_time: Optional[float]  # s, guest uptime when PID 1 started
     cmd_time: Optional[float]   # s, the command's run time in the guest
     kmemleak: str = ""
-    backend_exit: Optional[int] = None  # vhost-device-media's exit status if it died early
+    backend_exit: Optional[int] = None  # vhost-device-media's status if it exited before QEMU
 
     @property
     def dmesg_path(self) -> Path:
@@ -216,6 +216,11 @@ class GuestResult:
         if self.splats and self.check_splats:
             return EXIT_SPLAT
         return self.status if self.status is not None else EXIT_NO_REPORT
+
+
+def _q(path) -> str:
+    """A path as a QEMU option value (commas doubled)."""
+    return str(path).replace(",", ",,")
 
 
 def _pdeathsig():
@@ -339,7 +344,8 @@ class Guest:
         self.sock_dir = run if len(str(run)) < 80 else Path(tempfile_mkdtemp(Path("/tmp"), "vmrs-s"))
         vdm_sock = self.sock_dir / "vdm.sock"
 
-        # The guest mounts a tmpfs on /lib/modules, which must exist on the read-only root.
+        # The guest bind-mounts share/modroot/lib/modules on /lib/modules: it must exist on the
+        # host root, which the guest sees read-only.
         Path("/lib/modules").mkdir(exist_ok=True)
         _install_modules(art, share / "modroot")  # in-tree ones always, ours unless module="none"
         (share / "cmd.sh").write_text(self.cmd + "\n")
@@ -349,10 +355,11 @@ class Guest:
             f"VMRS_REPO='{REPO}'\n")
 
         if self.backend != "none":
-            self.vdm_p = subprocess.Popen(
-                [str(art.vdm), "--socket-path", str(vdm_sock), "--backend", self.backend],
-                stdin=subprocess.DEVNULL, stdout=open(run / "vdm.log", "wb"),
-                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_pdeathsig)
+            with open(run / "vdm.log", "wb") as logf:
+                self.vdm_p = subprocess.Popen(
+                    [str(art.vdm), "--socket-path", str(vdm_sock), "--backend", self.backend],
+                    stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                    start_new_session=True, preexec_fn=_pdeathsig)
             t = time.monotonic()
             while not vdm_sock.exists():
                 if self.vdm_p.poll() is not None:
@@ -373,32 +380,35 @@ class Guest:
             "-machine", "pc", "-accel", "tcg", "-cpu", "max", "-smp", "2,sockets=2,cores=1,threads=1", "-m", "1G",
             "-object", "memory-backend-memfd,id=mem,size=1G,share=on", "-numa", "node,memdev=mem",
             "-nodefaults", "-nographic", "-no-reboot",
-            "-serial", f"file:{run / 'serial.log'}",
-            "-monitor", f"unix:{self.sock_dir / 'monitor.sock'},server=on,wait=off",
-            "-qmp", f"unix:{self.sock_dir / 'qmp.sock'},server=on,wait=off",
+            "-serial", f"file:{_q(run / 'serial.log')}",
+            "-monitor", f"unix:{_q(self.sock_dir / 'monitor.sock')},server=on,wait=off",
+            "-qmp", f"unix:{_q(self.sock_dir / 'qmp.sock')},server=on,wait=off",
             "-kernel", str(art.bzimage), "-append", cmdline,
             "-fsdev", "local,id=root,path=/,security_model=none,readonly=on,multidevs=remap",
             "-device", "virtio-9p-pci,fsdev=root,mount_tag=/dev/root",
-            "-fsdev", f"local,id=vmrs,path={share},security_model=none,multidevs=remap",
+            "-fsdev", f"local,id=vmrs,path={_q(share)},security_model=none,multidevs=remap",
             "-device", "virtio-9p-pci,fsdev=vmrs,mount_tag=vmrs",
         ]
         if self.backend != "none":
-            args += ["-chardev", f"socket,id=c,path={vdm_sock}",
+            args += ["-chardev", f"socket,id=c,path={_q(vdm_sock)}",
                      "-device", "vhost-user-device-pci,id=vmedia,chardev=c,virtio-id=48,"
                                 "num_vqs=2,config_size=40"]
         args += self.extra_qemu_args
         (run / "qemu.cmd").write_text(" ".join(f"'{a}'" if " " in a else a for a in args) + "\n")
         self.t_start = time.monotonic()
-        self.qemu_p = subprocess.Popen(
-            args, stdin=subprocess.DEVNULL, stdout=open(run / "qemu.log", "wb"),
-            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_pdeathsig)
+        with open(run / "qemu.log", "wb") as logf:
+            self.qemu_p = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=_pdeathsig)
         self.deadline = self.t_start + self.boot_timeout + self.timeout + 30
         if self.console:
             threading.Thread(target=self._tail_console, daemon=True).start()
 
     def _tail_console(self) -> None:
         path = self.run_dir / "serial.log"
-        while not path.exists() and not self._stop_console.is_set():
+        while not path.exists():
+            if self._stop_console.is_set():
+                return
             time.sleep(0.05)
         with open(path, "rb") as f:
             while True:
@@ -479,8 +489,14 @@ class Guest:
         status_file = share / "status"
         deadline = self.deadline
         reported = False
+        backend_exit = None
         while self.qemu_p.poll() is None:
             now = time.monotonic()
+            if (self.vdm_p is not None and backend_exit is None and not reported
+                    and self.vdm_p.poll() is not None):
+                backend_exit = self.vdm_p.returncode
+                log(f"vhost-device-media exited ({backend_exit}) while the guest ran, "
+                    f"{now - self.t_start:.1f} s after QEMU started; see {self.run_dir / 'vdm.log'}")
             if not reported and (status_file.exists() or (share / "setup-failed").exists()):
                 reported = True
                 deadline = min(deadline, now + 30)  # it reboots right away; give it 30 s
@@ -492,7 +508,6 @@ class Guest:
             time.sleep(0.05)
         wall = time.monotonic() - self.t_start
         self._stop_console.set()
-        backend_exit = self.vdm_p.poll() if self.vdm_p is not None else None
 
         def read(name: str) -> str:
             p = share / name
@@ -522,8 +537,6 @@ class Guest:
         log(", ".join(parts) + f"; run dir {self.run_dir}")
         if dmesg:
             log(f"guest dmesg: {res.dmesg_path}")
-        if backend_exit is not None:
-            log(f"vhost-device-media exited early ({backend_exit}); see {self.run_dir / 'vdm.log'}")
         RUN_LOG.append((self.cmd, res))
 
         if (share / "setup-failed").exists():

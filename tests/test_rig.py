@@ -63,3 +63,13 @@ def test_find_splats():
     assert guest.find_splats(SAMPLE_DMESG, allow=[r"WARNING: CPU: \d+ PID: \d+ at drivers/media",
                                                   "Call Trace", "KASAN", "kmemleak", "refcount_t"]) == []
     assert guest.find_splats("[ 1.0] rcu: RCU lockdep checking is enabled.\n") == []
+
+
+@pytest.mark.guest
+def test_guest_setup_failure_is_a_rig_error(monkeypatch):
+    # Ask the guest to load virtio_media while installing no such module: the init must report
+    # the failed modprobe (setup-failed) instead of running the command.
+    art = guest.ensure_built(module=False)
+    monkeypatch.setattr(guest, "ensure_built", lambda module=True: art)
+    with pytest.raises(guest.RigError, match="modprobe virtio_media failed"):
+        run_guest("echo SHOULD-NOT-RUN", backend="none", module=True, timeout=60)

@@ -79,8 +79,8 @@ def g_fmt(fd, buf_type):
         return {"error": errno.errorcode.get(err, str(err))}
     w, h, pix = struct.unpack_from("<III", b, 8)
     res = {"width": w, "height": h, "fourcc": fourcc(pix)}
-    if buf_type in (9, 10):  # v4l2_pix_format_mplane: num_planes at 8 + 172
-        res["num_planes"] = b[8 + 172]
+    if buf_type in (9, 10):  # v4l2_pix_format_mplane: 8 plane_fmt of 20 bytes at 20, then num_planes
+        res["num_planes"] = b[8 + 20 + 8 * 20]
     else:
         res["sizeimage"], = struct.unpack_from("<I", b, 8 + 20)
     return res
@@ -133,6 +133,8 @@ def main():
         for t in map(int, sys.argv[3:]):
             fmts, err = enum_fmt(fd, t)
             res[str(t)] = {"formats": fmts, "end": err, "g_fmt": g_fmt(fd, t)}
+    elif what == "framesizes":
+        res = {cc: enum_framesizes(fd, struct.unpack("<I", cc.encode())[0]) for cc in sys.argv[3:]}
     elif what == "ioctls":
         res = simple(fd, sys.argv[3:] or list(SIMPLE))
     else:
