@@ -96,7 +96,9 @@ impl Mapping {
             );
             return Err(EIO);
         }
-        if size > len {
+        // A VMA covers whole pages; the buffer's last page is the device's too.
+        let len_pages = len.checked_next_multiple_of(page).ok_or(EIO)?;
+        if size > len_pages {
             return Err(EINVAL);
         }
         Ok((
