@@ -342,9 +342,11 @@ impl Session {
         }
     }
 
-    /// The device was removed: later commands fail with `ENODEV`.
+    /// The device was removed: later commands fail with `ENODEV`, and blocked DQBUF/poll
+    /// callers wake up to see it.
     pub(crate) fn device_gone(&self) {
         self.fail(ENODEV);
+        self.wake();
     }
 
     fn check_usable(&self) -> Result {

@@ -54,3 +54,147 @@ def test_stream_without_mmap_and_nonblocking_dqbuf():
     assert res.status == 0, (res.stdout, res.stderr)
     r = json.loads(res.stdout)
     assert [f["seq"] for f in r["frames"]] == list(range(20))
+
+
+MAPPING_TORTURE = r"""
+import ctypes, json, os, struct, sys
+sys.path.insert(0, "{tools}")
+from v4l2probe import IOWR, ioctl
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+libc.mremap.restype = ctypes.c_void_p
+libc.mremap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
+PROT_READ, MAP_SHARED, MAP_PRIVATE, MAP_ANON = 1, 1, 2, 0x20
+MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
+PAGE = 4096
+fd = os.open("/dev/video0", os.O_RDWR)
+err, r = ioctl(fd, IOWR(8, 20), struct.pack("<III", 2, 9, 1) + bytes(8))
+assert err == 0, err
+planes = ctypes.create_string_buffer(64 * 8)
+b = bytearray(88); struct.pack_into("<II", b, 0, 0, 9); struct.pack_into("<I", b, 60, 1)
+struct.pack_into("<QI", b, 64, ctypes.addressof(planes), 8)
+err, _ = ioctl(fd, IOWR(9, 88), b)
+assert err == 0, err
+length, off = struct.unpack_from("<IQ", planes.raw, 4)
+size = (length + PAGE - 1) // PAGE * PAGE
+out = {{}}
+def mp():
+    p = libc.mmap(None, size, PROT_READ, MAP_SHARED, fd, off)
+    assert p not in (None, ctypes.c_void_p(-1).value), ctypes.get_errno()
+    return p
+# A private mapping of a device buffer is refused.
+p = libc.mmap(None, size, PROT_READ, MAP_PRIVATE, fd, off)
+out["private"] = ctypes.get_errno() if p == ctypes.c_void_p(-1).value else "mapped"
+# fork: the child's copy of the VMA takes its own reference.
+p = mp()
+first = ctypes.string_at(p, 16)
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if ctypes.string_at(p, 16) == first else 1)
+out["child"] = os.waitpid(pid, 0)[1]
+# Partial munmap splits the VMA in two; both halves still read.
+assert libc.munmap(p + 10 * PAGE, PAGE) == 0
+out["split_read"] = ctypes.string_at(p, 16) == first and len(ctypes.string_at(p + size - 16, 16)) == 16
+assert libc.munmap(p, size) == 0
+# mremap to a fixed new place.
+q = mp()
+hole = libc.mmap(None, size, PROT_READ, MAP_PRIVATE | MAP_ANON, -1, 0)
+nq = libc.mremap(q, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, hole)
+out["mremap_moved"] = nq == hole and ctypes.string_at(nq, 16) == first
+assert libc.munmap(nq, size) == 0
+# Growing is refused (VM_DONTEXPAND).
+q = mp()
+g = libc.mremap(q, size, size + PAGE, MREMAP_MAYMOVE, None)
+out["grow"] = "refused" if g == ctypes.c_void_p(-1).value else "grown"
+assert libc.munmap(q, size) == 0
+# Mapping more than the buffer is refused.
+p = libc.mmap(None, size + PAGE, PROT_READ, MAP_SHARED, fd, off)
+out["too_big"] = ctypes.get_errno() if p == ctypes.c_void_p(-1).value else "mapped"
+# Mappings outlive the file and the buffers (spec: valid until MUNMAP).
+keep = mp()
+err, _ = ioctl(fd, IOWR(8, 20), struct.pack("<III", 0, 9, 1) + bytes(8))
+os.close(fd)
+out["after_close"] = ctypes.string_at(keep, 16) == first
+libc.munmap(keep, size)
+print(json.dumps(out))
+"""
+
+
+def test_mmap_across_fork_split_mremap_and_close():
+    script = MAPPING_TORTURE.format(tools=f"{REPO}/tests/guest_tools")
+    res = run_guest(f"python3 - <<'EOF'\n{script}\nEOF", timeout=300)
+    assert res.status == 0, (res.stdout, res.stderr)
+    r = json.loads(res.stdout)
+    assert r == {"private": 22, "child": 0, "split_read": True, "mremap_moved": True,
+                 "grow": "refused", "too_big": 22, "after_close": True}, r
+
+
+def test_streaming_and_control_ioctls_progress_concurrently():
+    """One process streams while another issues G_FMT in a loop: both make progress, i.e.
+    no device-wide lock is held across a command."""
+    gfmt = (f"python3 -c \"import sys,struct,os,time; sys.path.insert(0,'{REPO}/tests/guest_tools');"
+            "from v4l2probe import IOWR, ioctl; fd=os.open('/dev/video0',os.O_RDWR); n=0; "
+            "t=time.time()+1e9\n"
+            "while not os.path.exists('/tmp/done'):\n"
+            "    e,_=ioctl(fd,IOWR(4,208),struct.pack('<I',9)+bytes(204)); assert e==0,e; n+=1\n"
+            "print(n)\"")
+    cmd = (f"{gfmt} > /tmp/gfmt.out & G=$!; {STREAM} 4 120 > /tmp/stream.out; S=$?; "
+           "touch /tmp/done; wait $G; echo gfmt=$(cat /tmp/gfmt.out) stream=$S; "
+           "python3 -c \"import json; print(len(json.load(open('/tmp/stream.out'))['frames']))\"")
+    res = run_guest(cmd, timeout=600)
+    assert res.status == 0, (res.stdout, res.stderr)
+    first, frames = res.stdout.strip().splitlines()[-2:]
+    gf = int(first.split()[0].split("=")[1])
+    assert "stream=0" in first and int(frames) == 120, res.stdout
+    assert gf >= 50, f"G_FMT loop made only {gf} calls while streaming"
+
+
+def test_poll_reports_error_before_streamon_and_input_when_done():
+    script = f"""
+import os, select, struct, sys
+sys.path.insert(0, "{REPO}/tests/guest_tools")
+from v4l2probe import IOWR, IOW, ioctl
+fd = os.open("/dev/video0", os.O_RDWR | os.O_NONBLOCK)
+p = select.poll(); p.register(fd, select.POLLIN | select.POLLPRI)
+print("before", p.poll(0))
+e, b = ioctl(fd, IOWR(17, 88), struct.pack("<II", 0, 9) + bytes(80))
+print("dqbuf_idle", e)
+"""
+    res = run_guest(f"python3 - <<'EOF'\n{script}\nEOF", timeout=120)
+    assert res.status == 0, (res.stdout, res.stderr)
+    lines = dict(l.split(" ", 1) for l in res.stdout.strip().splitlines())
+    # POLLERR (8): not streaming. DQBUF on an idle queue: EINVAL (22).
+    assert lines["before"].strip() == "[(3, 8)]", res.stdout
+    assert lines["dqbuf_idle"].strip() == "22"
+
+
+def test_v4l2_compliance_streaming_runs_to_the_end():
+    res = run_guest("v4l2-compliance -d0 -s 2>&1; echo exit=$?", timeout=900)
+    import re
+    m = re.search(r"^Total for virtio_media device /dev/video0: (\d+), Succeeded: (\d+), "
+                  r"Failed: (\d+), Warnings: (\d+)$", res.stdout, re.M)
+    assert m, res.stdout[-3000:]
+    total, ok, failed, warn = map(int, m.groups())
+    print(f"v4l2-compliance -s: total {total} succeeded {ok} failed {failed} warnings {warn}")
+    for line in res.stdout.splitlines():
+        if "fail:" in line or "FAIL" in line:
+            print(line)
+    assert total == ok + failed
+
+
+def test_hot_unplug_while_streaming():
+    from guest import Guest
+    cmd = (f"{STREAM} 4 100000 --mmap --ready $VMRS_OUT/ready > /tmp/s.out 2>&1 & P=$!; "
+           "wait $P; echo streamer=$?; cat /tmp/s.out | tail -c 300; "
+           "for i in $(seq 30); do test -e /dev/video0 || break; sleep 1; done; "
+           "ls /dev/video0 2>&1; rmmod virtio_media && echo rmmod-ok")
+    with Guest(cmd, timeout=300) as g:
+        g.wait_for_file("ready", timeout=240)
+        g.hmp("device_del vmedia")
+        res = g.wait()
+    assert res.status == 0, (res.stdout, res.stderr)
+    assert '{"streaming": true}' in res.stdout, res.stdout
+    assert "streamer=1" in res.stdout and '"errno": "ENODEV"' in res.stdout, res.stdout
+    assert "No such file" in res.stdout and "rmmod-ok" in res.stdout, res.stdout

@@ -5,7 +5,8 @@ Guest-side helper for the tests (Debian's python3 from the shared host root). Un
 it lets the test choose the buffer type, skip mmap() (to test queueing without SHM), and see
 each dequeued buffer's fields and errnos.
 
-usage: stream.py DEV TYPE COUNT FRAMES [--mmap] [--nonblock] [--dump FILE]
+usage: stream.py DEV TYPE COUNT FRAMES [--mmap] [--nonblock] [--dump FILE] [--ready FILE]
+(--ready: touch FILE once the first frame is dequeued)
 """
 import errno
 import fcntl
@@ -44,6 +45,7 @@ def main():
     use_mmap = "--mmap" in sys.argv
     nonblock = "--nonblock" in sys.argv
     dump = sys.argv[sys.argv.index("--dump") + 1] if "--dump" in sys.argv else None
+    ready = sys.argv[sys.argv.index("--ready") + 1] if "--ready" in sys.argv else None
     mplane = typ in (9, 10)
     fd = os.open(dev, os.O_RDWR | (os.O_NONBLOCK if nonblock else 0))
     err, r = ioctl(fd, REQBUFS, struct.pack("<III", count, typ, MMAP) + bytes(8))
@@ -94,6 +96,9 @@ def main():
             if f:
                 f.write(data)
         out["frames"].append(fr)
+        if ready and len(out["frames"]) == 1:
+            open(ready, "w").close()
+            print(json.dumps({"streaming": True}), flush=True)
         err, _ = ioctl(fd, QBUF, v4l2_buffer(index, typ, paddr if mplane else 0, np))
         check("QBUF", err)
     check("STREAMOFF", ioctl(fd, STREAMOFF, struct.pack("<I", typ))[0])
