@@ -53,7 +53,8 @@ fatal() {
 }
 
 OUT_MOUNTED=
-[ -r /proc/mounts ] || mount -t proc -o nosuid,nodev,noexec proc /proc
+# (Not "if not mounted": before this, /proc is the host's, seen through the 9p root.)
+mount -t proc -o nosuid,nodev,noexec proc /proc
 is_mounted /sys || mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
 is_mounted /dev || mount -t devtmpfs -o nosuid devtmpfs /dev
 mkdir -p /dev/pts /dev/shm 2>/dev/null

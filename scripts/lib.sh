@@ -6,7 +6,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=${VMRS_CACHE:-$HOME/.cache/virtio-media-rs}
 mkdir -p "$CACHE"
 
-# Pinned versions (see Documentation/rig.rst).
+# Pinned versions (see Documentation/rig.md).
 KVER=6.12
 BINDGEN_VER=0.73.2
 VHOST_DEVICE_MEDIA_VER=0.1.1
@@ -18,6 +18,17 @@ BINDGEN=$CACHE/bindgen-$BINDGEN_VER/bin/bindgen
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+
+# Our own vhost-user test device (tests/device, Documentation/test-device.md): the binary lives
+# in $CACHE/vmrs-device-<hash>/, <hash> = sha256 (12 hex digits) of the crate's manifest, lock
+# file and sources (names + contents), so any edit builds into a new directory. Sets VMRS_DEVICE.
+vmrs_device_paths() {
+	local dir=$REPO/tests/device f hash
+	hash=$(cd "$dir" && find Cargo.toml Cargo.lock src -type f \( -name '*.rs' -o -name 'Cargo.*' \) \
+		| LC_ALL=C sort | while read -r f; do printf '%s\0' "$f"; cat "$f"; done | sha256sum | cut -c1-12)
+	VMRS_DEVICE_DIR=$CACHE/vmrs-device-$hash
+	VMRS_DEVICE=$VMRS_DEVICE_DIR/vmrs-device
+}
 
 # Kernel build tree location, keyed on version + config fragment hash; set by kernel_paths.
 kernel_paths() {

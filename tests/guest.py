@@ -7,7 +7,9 @@ by humans. Standard library only, so scripts/guest-run works without a virtualen
     res.stdout, res.stderr, res.status, res.dmesg, res.splats, res.run_dir
 
 One run: a run directory; `vhost-device-media --socket-path RUN/vdm.sock --backend B` started
-first (unless backend="none") and its socket awaited; QEMU (TCG) booting the guest kernel with the
+first (unless backend="none"; backend="vmrs:PROFILE" starts our own test device instead,
+`vmrs-device --socket-path RUN/vdm.sock --profile PROFILE`, Documentation/test-device.md) and its
+socket awaited; QEMU (TCG) booting the guest kernel with the
 host root shared read-only over 9p as the guest's root and scripts/guest-init.sh as PID 1; RUN/share
 shared read-write for the command, its results and the guest dmesg. QEMU and the backend are
 killed at the end whatever happens (timeout, exception, Ctrl-C, and via PR_SET_PDEATHSIG if this
@@ -128,9 +130,35 @@ def _script_stdout(args: Sequence[str]) -> str:
 
 def _lib_vars() -> dict:
     out = subprocess.run(
-        ["bash", "-c", f'. "{SCRIPTS}/lib.sh" && printf "%s\\n" "$CACHE" "$VHOST_DEVICE_MEDIA_VER"'],
+        ["bash", "-c", f'. "{SCRIPTS}/lib.sh" && vmrs_device_paths && '
+                       f'printf "%s\\n" "$CACHE" "$VHOST_DEVICE_MEDIA_VER" "$VMRS_DEVICE"'],
         stdout=subprocess.PIPE, text=True, check=True).stdout.split("\n")
-    return {"CACHE": Path(out[0]), "VDM_VER": out[1]}
+    return {"CACHE": Path(out[0]), "VDM_VER": out[1], "VMRS_DEVICE": Path(out[2])}
+
+
+VMRS_PREFIX = "vmrs:"  # backend="vmrs:PROFILE": our own test device (tests/device)
+
+
+def ensure_vmrs_device() -> Path:
+    """Our test device's binary, built by scripts/build-tools.sh if tests/device changed."""
+    if "vmrs" in _built:
+        return _built["vmrs"]
+    path = _lib_vars()["VMRS_DEVICE"]
+    if not os.access(path, os.X_OK):
+        subprocess.run([str(SCRIPTS / "build-tools.sh")], check=True, cwd=REPO,
+                       stdout=sys.stderr)
+        if not os.access(path, os.X_OK):
+            raise RigError(f"{path} missing after scripts/build-tools.sh ran")
+    _built["vmrs"] = path
+    return path
+
+
+def backend_command(backend: str, sock: Path, art: "Artifacts") -> list:
+    """The command line of the vhost-user backend process for `backend`."""
+    if backend.startswith(VMRS_PREFIX):
+        profile = backend[len(VMRS_PREFIX):]
+        return [str(ensure_vmrs_device()), "--socket-path", str(sock), "--profile", profile]
+    return [str(art.vdm), "--socket-path", str(sock), "--backend", backend]
 
 
 def build_module(kbuild: Path) -> Path:
@@ -203,7 +231,7 @@ class GuestResult:
     boot_time: Optional[float]  # s, guest uptime when PID 1 started
     cmd_time: Optional[float]   # s, the command's run time in the guest
     kmemleak: str = ""
-    backend_exit: Optional[int] = None  # vhost-device-media's status if it exited before QEMU
+    backend_exit: Optional[int] = None  # the backend's status if it exited before QEMU
 
     @property
     def dmesg_path(self) -> Path:
@@ -355,18 +383,20 @@ class Guest:
             f"VMRS_REPO='{REPO}'\n")
 
         if self.backend != "none":
+            backend_cmd = backend_command(self.backend, vdm_sock, art)
+            name = Path(backend_cmd[0]).name
             with open(run / "vdm.log", "wb") as logf:
                 self.vdm_p = subprocess.Popen(
-                    [str(art.vdm), "--socket-path", str(vdm_sock), "--backend", self.backend],
+                    backend_cmd,
                     stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                     start_new_session=True, preexec_fn=_pdeathsig)
             t = time.monotonic()
             while not vdm_sock.exists():
                 if self.vdm_p.poll() is not None:
-                    raise RigError(f"vhost-device-media exited ({self.vdm_p.returncode}): "
+                    raise RigError(f"{name} exited ({self.vdm_p.returncode}): "
                                    f"{(run / 'vdm.log').read_text(errors='replace')[-2000:]}")
                 if time.monotonic() - t > 20:
-                    raise RigError("vhost-device-media did not create its socket in 20 s")
+                    raise RigError(f"{name} did not create its socket in 20 s")
                 time.sleep(0.02)
 
         cmdline = " ".join([
@@ -495,7 +525,7 @@ class Guest:
             if (self.vdm_p is not None and backend_exit is None and not reported
                     and self.vdm_p.poll() is not None):
                 backend_exit = self.vdm_p.returncode
-                log(f"vhost-device-media exited ({backend_exit}) while the guest ran, "
+                log(f"the vhost-user backend exited ({backend_exit}) while the guest ran, "
                     f"{now - self.t_start:.1f} s after QEMU started; see {self.run_dir / 'vdm.log'}")
             if not reported and (status_file.exists() or (share / "setup-failed").exists()):
                 reported = True
@@ -600,7 +630,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         epilog="Exit status: the command's own, or 125 kernel splat, 124 command timed out, "
                "123 guest never reported back, 122 rig failure. See Documentation/rig.md.")
     ap.add_argument("--backend", default="simple-capture",
-                    help="vhost-device-media backend: null, simple-capture; none = no virtio-media device")
+                    help="vhost-device-media backend: null, simple-capture; vmrs:PROFILE = our own "
+                         "test device (tests/device), e.g. vmrs:capture-mplane; none = no "
+                         "virtio-media device")
     ap.add_argument("--no-module", action="store_true", help="do not build, install or load virtio_media.ko")
     ap.add_argument("--no-load", action="store_true",
                     help="build and install virtio_media.ko into /lib/modules but do not load it")

@@ -1,0 +1,68 @@
+// SPDX-License-Identifier: GPL-2.0 OR BSD-3-Clause
+//! Device profiles: a profile is a configuration space plus a device constructor.
+//!
+//! To add one (output, m2m loopback, fault injection, ...): write a `fn(&mut Listener) ->
+//! anyhow::Result<()>` that calls `serve_connection(listener, device_config(..), |ctx| device)`
+//! and list it in `PROFILES`. `ctx` (`DeviceContext`) carries the eventq, the guest memory mapper
+//! and the shared-memory (MMAP) mapper for the device to use.
+
+use vhost::vhost_user::Listener;
+use virtio_media::devices::SimpleCaptureDevice;
+use virtio_media::v4l2r::bindings;
+
+use crate::backend::{device_config, serve_connection};
+
+/// `enum vfl_devnode_type` (include/media/v4l2-dev.h).
+pub const VFL_TYPE_VIDEO: u32 = 0;
+
+pub struct Profile {
+    pub name: &'static str,
+    pub summary: &'static str,
+    /// Serves one front-end connection.
+    pub serve: fn(&mut Listener) -> anyhow::Result<()>,
+}
+
+pub const PROFILES: &[Profile] = &[Profile {
+    name: "capture-mplane",
+    summary: "virtio-media crate's SimpleCaptureDevice: 640x480 YU12, MPLANE capture, MMAP only, \
+              caps VIDEO_CAPTURE_MPLANE|STREAMING",
+    serve: capture_mplane,
+}];
+
+pub fn find(name: &str) -> Option<&'static Profile> {
+    PROFILES.iter().find(|p| p.name == name)
+}
+
+/// The crate's SimpleCaptureDevice with a config space that says what it does: it accepts only
+/// `V4L2_BUF_TYPE_VIDEO_CAPTURE_MPLANE` queues, so `VIDEO_CAPTURE_MPLANE | STREAMING`
+/// (0x04001000), not vhost-device-media's `VIDEO_CAPTURE | STREAMING`.
+fn capture_mplane(listener: &mut Listener) -> anyhow::Result<()> {
+    let config = device_config(
+        bindings::V4L2_CAP_VIDEO_CAPTURE_MPLANE | bindings::V4L2_CAP_STREAMING,
+        VFL_TYPE_VIDEO,
+        "vmrs capture-mplane",
+    );
+    serve_connection(listener, config, |ctx| {
+        SimpleCaptureDevice::new(ctx.eventq, ctx.host_mapper)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_mplane_config_bytes() {
+        let c = device_config(
+            bindings::V4L2_CAP_VIDEO_CAPTURE_MPLANE | bindings::V4L2_CAP_STREAMING,
+            VFL_TYPE_VIDEO,
+            "vmrs capture-mplane",
+        );
+        let b: &[u8] = c.as_ref();
+        assert_eq!(b.len(), 40);
+        assert_eq!(&b[0..4], &0x0400_1000u32.to_le_bytes());
+        assert_eq!(&b[4..8], &[0, 0, 0, 0]);
+        assert_eq!(&b[8..27], b"vmrs capture-mplane");
+        assert!(b[27..].iter().all(|&x| x == 0));
+    }
+}
