@@ -15,9 +15,13 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Context};
 use log::{debug, error, info, warn};
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::{
+    VhostUserProtocolFeatures, VhostUserShMemConfig, VhostUserVirtioFeatures,
+};
 use vhost::vhost_user::{Backend, Listener};
-use vhost_user_backend::{VhostUserBackend, VhostUserDaemon, VringEpollHandler, VringRwLock, VringT};
+use vhost_user_backend::{
+    VhostUserBackend, VhostUserDaemon, VringEpollHandler, VringRwLock, VringT,
+};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_media::poll::SessionPoller;
@@ -26,7 +30,9 @@ use virtio_media::{VirtioMediaDevice, VirtioMediaDeviceRunner};
 use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 
 use crate::chain::{gather, scatter, CmdReader, CmdWriter};
 use crate::eventq::EventQueue;
@@ -298,7 +304,9 @@ where
         let cfg: &[u8] = self.config.as_ref();
         let mut out = vec![0u8; size as usize];
         let start = (offset as usize).min(cfg.len());
-        let end = (offset as usize).saturating_add(size as usize).min(cfg.len());
+        let end = (offset as usize)
+            .saturating_add(size as usize)
+            .min(cfg.len());
         out[..end - start].copy_from_slice(&cfg[start..end]);
         out
     }

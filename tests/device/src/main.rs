@@ -13,6 +13,7 @@ mod chain;
 mod eventq;
 mod guestmem;
 mod profiles;
+mod quirks;
 mod shm;
 
 use std::path::PathBuf;
@@ -27,7 +28,7 @@ fn usage() -> String {
          vmrs-device --list-profiles\n\nprofiles:\n",
     );
     for p in profiles::PROFILES {
-        s += &format!("  {:<16} {}\n", p.name, p.summary);
+        s += &format!("  {:<22} {}\n", p.name, p.summary);
     }
     s
 }
@@ -43,7 +44,12 @@ fn main() -> ExitCode {
             Some((k, v)) if k.starts_with("--") => (k.to_owned(), Some(v.to_owned())),
             _ => (arg.clone(), None),
         };
-        let mut value = |name: &str| inline.clone().or_else(|| args.next()).ok_or(name.to_owned());
+        let mut value = |name: &str| {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or(name.to_owned())
+        };
         match key.as_str() {
             "-s" | "--socket-path" => match value("--socket-path") {
                 Ok(v) => socket = Some(v.into()),
@@ -87,7 +93,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    info!("profile {}, listening on {}", profile.name, socket.display());
+    info!(
+        "profile {}, listening on {}",
+        profile.name,
+        socket.display()
+    );
     loop {
         if let Err(e) = (profile.serve)(&mut listener) {
             error!("{e:#}");

@@ -8,9 +8,11 @@
 
 use vhost::vhost_user::Listener;
 use virtio_media::devices::SimpleCaptureDevice;
+use virtio_media::protocol::VirtioMediaDeviceConfig;
 use virtio_media::v4l2r::bindings;
 
 use crate::backend::{device_config, serve_connection};
+use crate::quirks::FormatFixes;
 
 /// `enum vfl_devnode_type` (include/media/v4l2-dev.h).
 pub const VFL_TYPE_VIDEO: u32 = 0;
@@ -22,12 +24,20 @@ pub struct Profile {
     pub serve: fn(&mut Listener) -> anyhow::Result<()>,
 }
 
-pub const PROFILES: &[Profile] = &[Profile {
-    name: "capture-mplane",
-    summary: "virtio-media crate's SimpleCaptureDevice: 640x480 YU12, MPLANE capture, MMAP only, \
-              caps VIDEO_CAPTURE_MPLANE|STREAMING",
-    serve: capture_mplane,
-}];
+pub const PROFILES: &[Profile] = &[
+    Profile {
+        name: "capture-mplane",
+        summary: "virtio-media crate's SimpleCaptureDevice: 640x480 YU12, MPLANE capture, MMAP \
+                  only, caps VIDEO_CAPTURE_MPLANE|STREAMING; formats say 1 plane",
+        serve: capture_mplane,
+    },
+    Profile {
+        name: "capture-mplane-crate",
+        summary: "the same device without the format fix: G/S/TRY_FMT say 3 planes for YU12 \
+                  while its buffers have 1 (the crate's own behaviour)",
+        serve: capture_mplane_crate,
+    },
+];
 
 pub fn find(name: &str) -> Option<&'static Profile> {
     PROFILES.iter().find(|p| p.name == name)
@@ -36,15 +46,32 @@ pub fn find(name: &str) -> Option<&'static Profile> {
 /// The crate's SimpleCaptureDevice with a config space that says what it does: it accepts only
 /// `V4L2_BUF_TYPE_VIDEO_CAPTURE_MPLANE` queues, so `VIDEO_CAPTURE_MPLANE | STREAMING`
 /// (0x04001000), not vhost-device-media's `VIDEO_CAPTURE | STREAMING`.
+///
+/// Its answers pass through `FormatFixes` (src/quirks.rs): the crate describes YU12
+/// as 3 planes while its buffers have one plane of 460800 bytes.
 fn capture_mplane(listener: &mut Listener) -> anyhow::Result<()> {
-    let config = device_config(
+    serve_connection(
+        listener,
+        capture_mplane_config("vmrs capture-mplane"),
+        |ctx| FormatFixes::new(SimpleCaptureDevice::new(ctx.eventq, ctx.host_mapper)),
+    )
+}
+
+/// capture-mplane without the format fix, to see what the crate's device does on its own.
+fn capture_mplane_crate(listener: &mut Listener) -> anyhow::Result<()> {
+    serve_connection(
+        listener,
+        capture_mplane_config("vmrs capture-mplane-crate"),
+        |ctx| SimpleCaptureDevice::new(ctx.eventq, ctx.host_mapper),
+    )
+}
+
+fn capture_mplane_config(card: &str) -> VirtioMediaDeviceConfig {
+    device_config(
         bindings::V4L2_CAP_VIDEO_CAPTURE_MPLANE | bindings::V4L2_CAP_STREAMING,
         VFL_TYPE_VIDEO,
-        "vmrs capture-mplane",
-    );
-    serve_connection(listener, config, |ctx| {
-        SimpleCaptureDevice::new(ctx.eventq, ctx.host_mapper)
-    })
+        card,
+    )
 }
 
 #[cfg(test)]
@@ -53,11 +80,7 @@ mod tests {
 
     #[test]
     fn capture_mplane_config_bytes() {
-        let c = device_config(
-            bindings::V4L2_CAP_VIDEO_CAPTURE_MPLANE | bindings::V4L2_CAP_STREAMING,
-            VFL_TYPE_VIDEO,
-            "vmrs capture-mplane",
-        );
+        let c = capture_mplane_config("vmrs capture-mplane");
         let b: &[u8] = c.as_ref();
         assert_eq!(b.len(), 40);
         assert_eq!(&b[0..4], &0x0400_1000u32.to_le_bytes());

@@ -157,13 +157,15 @@ mod tests {
 
     #[test]
     fn first_fit() {
-        let mut a = ShmAllocator::new(16 * PAGE);
+        let mut a = ShmAllocator::new(256 * PAGE);
         assert_eq!(a.alloc(460800), Some(0));
         let second = a.alloc(1).unwrap();
         assert_eq!(second, 460800u64.next_multiple_of(PAGE));
         assert!(a.free(0));
         assert_eq!(a.alloc(PAGE), Some(0));
         assert_eq!(a.alloc(PAGE), Some(PAGE));
-        assert_eq!(a.alloc(100 * PAGE), None);
+        assert_eq!(a.alloc(256 * PAGE), None);
+        assert_eq!(a.alloc(112 * PAGE), Some(114 * PAGE)); // the 111-page gap is too small
+        assert_eq!(a.alloc(111 * PAGE), Some(2 * PAGE));
     }
 }
