@@ -29,7 +29,7 @@ apt-get install -y -qq --no-install-recommends \
 	linux-source-$KVER \
 	ninja-build libglib2.0-dev libpixman-1-dev libfdt-dev pkg-config patch python3-venv \
 	seabios qemu-system-data dpkg-dev \
-	busybox-static v4l-utils ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-good \
+	busybox-static v4l-utils libv4l-0 ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-good \
 	gstreamer1.0-plugins-base python3 socat >/dev/null
 apt-get install -y -qq --no-install-recommends -t bookworm-backports meson python3-pycotap >/dev/null
 echo "$want" > "$stamp"
