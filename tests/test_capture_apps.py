@@ -74,3 +74,36 @@ def test_v4l2_compliance_streaming_has_no_failures():
           f"failed {failed} warnings {warn}")
     assert failed == 0, "\n".join(l for l in res.stdout.splitlines() if "fail" in l)
     assert "test MMAP (select): OK\n" in res.stdout and "test MMAP (epoll): OK\n" in res.stdout
+
+
+def test_mmap_without_shm_region_fails_cleanly():
+    """A device without shared memory region 0 (our device with the SHMEM vhost-user feature
+    withheld): buffers can be allocated and queried, mmap() fails with ENODEV and a message,
+    nothing else breaks."""
+    from guest import REPO
+    script = f"""
+import mmap, os, struct, sys, ctypes
+sys.path.insert(0, "{REPO}/tests/guest_tools")
+from v4l2probe import IOWR, ioctl
+fd = os.open("/dev/video0", os.O_RDWR)
+print("reqbufs", ioctl(fd, IOWR(8, 20), struct.pack("<III", 2, 9, 1) + bytes(8))[0])
+planes = ctypes.create_string_buffer(64 * 8)
+b = bytearray(88); struct.pack_into("<II", b, 0, 0, 9); struct.pack_into("<I", b, 60, 1)
+struct.pack_into("<QI", b, 64, ctypes.addressof(planes), 8)
+print("querybuf", ioctl(fd, IOWR(9, 88), b)[0])
+length, off = struct.unpack_from("<IQ", planes.raw, 4)
+try:
+    mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ, offset=off)
+    print("mmap ok")
+except OSError as e:
+    print("mmap", e.errno)
+print("g_fmt", ioctl(fd, IOWR(4, 208), struct.pack("<I", 9) + bytes(204))[0])
+"""
+    res = run_guest(f"python3 - <<'EOF'\n{script}\nEOF", backend="vmrs:capture-mplane-noshm",
+                    timeout=300)
+    assert res.status == 0, (res.stdout, res.stderr)
+    assert res.stdout.split("\n")[:4] == ["reqbufs 0", "querybuf 0", "mmap 19", "g_fmt 0"], \
+        res.stdout
+    assert "shm None" in res.dmesg
+    assert re.search(r"virtio_media virtio\d+: mmap: the device has no shared memory region 0",
+                     res.dmesg), res.dmesg[-1500:]

@@ -79,61 +79,51 @@ def g_fmt_latency(m):
     return {"calls": m, "median_us": lat[m // 2] / 1000, "p99_us": lat[int(m * 0.99)] / 1000}
 
 
-def rate(procs, seconds):
-    rfds = []
-    pids = []
-    go_r, go_w = os.pipe()
-    for _ in range(procs):
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(r)
-            fd = os.open(DEV, os.O_RDWR)
+def _g_fmt_worker(seconds, cpu=None, go=None):
+    """Forks a process that opens its own session and counts G_FMT calls for `seconds`
+    (after `go` is readable, if given). Returns (pid, read end of its result pipe)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+        fd = os.open(DEV, os.O_RDWR)
+        if go is not None:
             for _ in range(50):  # warm up, then start together
                 ioctl(fd, GFMT, GFMT_ARG)
-            os.read(go_r, 1)
-            end = time.monotonic() + seconds
-            n = 0
-            while time.monotonic() < end:
-                assert ioctl(fd, GFMT, GFMT_ARG)[0] == 0
-                n += 1
-            os.write(w, str(n).encode())
-            os._exit(0)
-        os.close(w)
-        rfds.append(r)
-        pids.append(pid)
+            os.read(go, 1)
+        end = time.monotonic() + seconds
+        n = 0
+        while time.monotonic() < end:
+            assert ioctl(fd, GFMT, GFMT_ARG)[0] == 0
+            n += 1
+        os.write(w, str(n).encode())
+        os._exit(0)
+    os.close(w)
+    return pid, r
+
+
+def _collect(pid, r):
+    n = int(os.read(r, 64) or b"0")
+    os.waitpid(pid, 0)
+    return n
+
+
+def rate(procs, seconds):
+    go_r, go_w = os.pipe()
+    workers = [_g_fmt_worker(seconds, go=go_r) for _ in range(procs)]
     time.sleep(1 + procs)
     os.write(go_w, b"x" * procs)
-    total = 0
-    for r, pid in zip(rfds, pids):
-        total += int(os.read(r, 64) or b"0")
-        os.waitpid(pid, 0)
+    total = sum(_collect(pid, r) for pid, r in workers)
     return {"processes": procs, "seconds": seconds, "calls": total, "calls_per_s": total / seconds}
 
 
 def rate_pinned(seconds):
     """G_FMT calls/s of one process pinned to each CPU in turn. Under TCG, a waiter on the
     vCPU that does not take the commandq interrupt pays a cross-vCPU wake-up per command."""
-    out = {}
-    for cpu in sorted(os.sched_getaffinity(0)):
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(r)
-            os.sched_setaffinity(0, {cpu})
-            fd = os.open(DEV, os.O_RDWR)
-            end = time.monotonic() + seconds
-            n = 0
-            while time.monotonic() < end:
-                assert ioctl(fd, GFMT, GFMT_ARG)[0] == 0
-                n += 1
-            os.write(w, str(n).encode())
-            os._exit(0)
-        os.close(w)
-        n = int(os.read(r, 64) or b"0")
-        os.waitpid(pid, 0)
-        out[f"cpu{cpu}"] = n / seconds
-    return out
+    return {f"cpu{cpu}": _collect(*_g_fmt_worker(seconds, cpu=cpu)) / seconds
+            for cpu in sorted(os.sched_getaffinity(0))}
 
 
 def main():

@@ -35,6 +35,11 @@ use vmm_sys_util::event::{
 };
 
 use crate::chain::{gather, scatter, CmdReader, CmdWriter};
+
+/// When set (by a profile, before serving), the device does not offer the vhost-user SHMEM
+/// protocol feature, so the front end exposes no shared memory region: a driver must then
+/// refuse MMAP cleanly.
+pub static NO_SHM: AtomicBool = AtomicBool::new(false);
 use crate::eventq::EventQueue;
 use crate::guestmem::GuestMapper;
 use crate::shm::{ReqChannel, ShmMapper, SHM_SIZE};
@@ -278,12 +283,16 @@ where
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::MQ
+        let f = VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::BACKEND_REQ
             | VhostUserProtocolFeatures::BACKEND_SEND_FD
-            | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::SHMEM
+            | VhostUserProtocolFeatures::REPLY_ACK;
+        if NO_SHM.load(Ordering::Relaxed) {
+            f
+        } else {
+            f | VhostUserProtocolFeatures::SHMEM
+        }
     }
 
     fn acked_features(&self, features: u64) {

@@ -37,6 +37,12 @@ pub const PROFILES: &[Profile] = &[
                   while its buffers have 1 (the crate's own behaviour)",
         serve: capture_mplane_crate,
     },
+    Profile {
+        name: "capture-mplane-noshm",
+        summary: "capture-mplane without the SHMEM protocol feature: no shared memory region, \
+                  so MMAP buffers cannot be mapped",
+        serve: capture_mplane_noshm,
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static Profile> {
@@ -55,6 +61,12 @@ fn capture_mplane(listener: &mut Listener) -> anyhow::Result<()> {
         capture_mplane_config("vmrs capture-mplane"),
         |ctx| FormatFixes::new(SimpleCaptureDevice::new(ctx.eventq, ctx.host_mapper)),
     )
+}
+
+/// capture-mplane, but the front end gets no shared memory region (see `backend::NO_SHM`).
+fn capture_mplane_noshm(listener: &mut Listener) -> anyhow::Result<()> {
+    crate::backend::NO_SHM.store(true, std::sync::atomic::Ordering::Relaxed);
+    capture_mplane(listener)
 }
 
 /// capture-mplane without the format fix, to see what the crate's device does on its own.
