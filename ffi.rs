@@ -50,6 +50,30 @@ unsafe impl Send for DevRef {}
 // SAFETY: As above; printing takes no mutable state of ours.
 unsafe impl Sync for DevRef {}
 
+/// A reference on a `struct device` (`get_device`/`put_device`), keeping the [`DevRef`]s taken
+/// from it valid for as long as it lives.
+pub(crate) struct DevHold(DevRef);
+
+impl DevHold {
+    /// Takes a reference on `dev`.
+    pub(crate) fn new(dev: DevRef) -> Self {
+        // SAFETY: `dev` is live (type invariant of `DevRef` at creation).
+        unsafe { raw::get_device(dev.0.as_ptr()) };
+        Self(dev)
+    }
+    /// The device, for printing.
+    pub(crate) fn dev(&self) -> DevRef {
+        self.0
+    }
+}
+
+impl Drop for DevHold {
+    fn drop(&mut self) {
+        // SAFETY: Pairs with the `get_device` in `new`.
+        unsafe { raw::put_device(self.0 .0.as_ptr()) };
+    }
+}
+
 impl DevRef {
     /// Prints `args` with `dev_warn_ratelimited`.
     pub(crate) fn warn_ratelimited(&self, args: core::fmt::Arguments<'_>) {
@@ -1033,6 +1057,10 @@ unsafe extern "C" fn fop_mmap(file: *mut raw::file, vma: *mut raw::vm_area_struc
     }
     let writable = flags & u64::from(raw::VM_WRITE) != 0;
     let size = (end - start) as u64;
+    // Buffer offsets are 32-bit on the wire: a larger one cannot name a buffer.
+    if pgoff as u64 > u64::from(u32::MAX) >> kernel::page::PAGE_SHIFT {
+        return EINVAL.to_errno();
+    }
     let offset = (pgoff as u64) << kernel::page::PAGE_SHIFT;
     let (mapping, target) = match crate::mmap::Mapping::new(session, offset, size, writable) {
         Ok(m) => m,
@@ -1231,10 +1259,17 @@ unsafe extern "C" fn fwd_ext_ctrls<const NR: u8>(
     let head = unsafe {
         core::slice::from_raw_parts_mut(arg.cast::<u8>(), protocol::V4L2_EXT_CONTROLS_SIZE)
     };
+    // SAFETY: As above.
+    let which = unsafe { (*arg).__bindgen_anon_1.which };
     let ret = session.ext_ctrls(NR, head, arr);
-    // The pointer goes back to user space unchanged whatever the device wrote.
+    // The pointer, and the fields the V4L2 core sized its copies by, go back to user space
+    // as the caller gave them, whatever the device wrote.
     // SAFETY: `head` is no longer used; `arg` is still the core's kernel copy.
-    unsafe { (*arg).controls = saved };
+    unsafe {
+        (*arg).controls = saved;
+        (*arg).count = count as u32;
+        (*arg).__bindgen_anon_1.which = which;
+    }
     to_c(ret)
 }
 
@@ -1335,15 +1370,19 @@ unsafe extern "C" fn op_subscribe(
     if unsafe { (*sub).type_ } == raw::V4L2_EVENT_ALL {
         return EINVAL.to_errno();
     }
-    if let Err(e) = session.subscription(nr::SUBSCRIBE_EVENT, bytes) {
-        return e.to_errno();
-    }
+    // Subscribed locally first, so that an event the device sends as soon as it knows of
+    // the subscription (an initial event, a SOURCE_CHANGE) is not dropped by the core.
     // SAFETY: The handle is live (ioctl on an open file); 32 events of backlog.
     let ret = unsafe { raw::v4l2_event_subscribe(fh, sub, 32, core::ptr::null()) };
     if ret != 0 {
-        let _ = session.subscription(nr::UNSUBSCRIBE_EVENT, bytes);
+        return ret;
     }
-    ret
+    if let Err(e) = session.subscription(nr::SUBSCRIBE_EVENT, bytes) {
+        // SAFETY: As above; undoes the subscription just made.
+        unsafe { raw::v4l2_event_unsubscribe(fh, sub) };
+        return e.to_errno();
+    }
+    0
 }
 
 /// `VIDIOC_UNSUBSCRIBE_EVENT`: removed locally and forwarded. `V4L2_EVENT_ALL` is handled in

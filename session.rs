@@ -78,6 +78,8 @@ impl Request {
         let mut left = msecs_to_jiffies(COMMAND_TIMEOUT_MS);
         let mut s = self.state.lock();
         loop {
+            // Checked after every wake-up, signals and timeouts included: a command the device
+            // has answered is reported as answered.
             match s.result {
                 Some(Ok(used)) => {
                     let resp = self.resp.as_ref().map(|r| r.bytes()).unwrap_or(&[]);
@@ -86,20 +88,27 @@ impl Request {
                 Some(Err(e)) => return Err(e),
                 None => {}
             }
+            if left == 0 {
+                return Err(etimedout());
+            }
             match self.done.wait_interruptible_timeout(&mut s, left) {
-                CondVarTimeoutResult::Timeout => return Err(etimedout()),
-                CondVarTimeoutResult::Signal { .. } => return Err(EINTR),
-                CondVarTimeoutResult::Woken { jiffies } => left = jiffies,
+                CondVarTimeoutResult::Timeout => left = 0,
+                CondVarTimeoutResult::Signal { .. } if s.result.is_none() => return Err(EINTR),
+                CondVarTimeoutResult::Signal { jiffies }
+                | CondVarTimeoutResult::Woken { jiffies } => left = jiffies,
             }
         }
     }
 }
 
 impl VirtioMedia {
-    /// Sends one command: `out` (device-readable) and, if given, a device-writable buffer of
-    /// `resp_len` bytes. Returns the request after completion for the caller to parse.
+    /// Posts one command: `out` (device-readable) and, if `resp_len > 0`, a zeroed
+    /// device-writable buffer of `resp_len` bytes. Returns the in-flight request; the caller
+    /// waits for it with [`Request::wait`] and parses the response. Holds the commandq lock
+    /// only to post; if the ring is full, waits (up to the command timeout) for space.
     ///
-    /// Errors: `ENODEV` (device removed), `ENOMEM`, `ETIMEDOUT`, `EINTR`.
+    /// Errors: `ENODEV` (device removed), `ENOMEM`, `ETIMEDOUT` and `EINTR` (ring full), and
+    /// `virtqueue_add_sgs` errors.
     pub(crate) fn send(&self, out: DmaBuf, resp_len: usize) -> Result<Arc<Request>> {
         let resp = if resp_len > 0 {
             Some(DmaBuf::new(resp_len)?)
@@ -167,49 +176,94 @@ const MAX_DONE: usize = 64;
 const DONE_SIZE: usize = protocol::EVENT_DQBUF_SIZE - protocol::DQBUF_BUFFER_OFFSET;
 
 /// A buffer the device returned (DQBUF event), waiting for user space's DQBUF.
+#[derive(Clone)]
 struct DoneBuf([u8; DONE_SIZE]);
+
+/// Completed buffers of one queue, oldest first: a ring of [`MAX_DONE`] slots allocated at
+/// open, so the bottom half never allocates.
+struct DoneRing {
+    slots: KVVec<DoneBuf>,
+    head: usize,
+    len: usize,
+}
+
+impl DoneRing {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            slots: KVVec::from_elem(DoneBuf([0; DONE_SIZE]), MAX_DONE, GFP_KERNEL)?,
+            head: 0,
+            len: 0,
+        })
+    }
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Appends a copy of `d`; `false` if the ring is full.
+    fn push(&mut self, d: &[u8]) -> bool {
+        let cap = self.slots.len();
+        if self.len == cap || d.len() != DONE_SIZE {
+            return false;
+        }
+        let i = (self.head + self.len) % cap;
+        self.slots[i].0.copy_from_slice(d);
+        self.len += 1;
+        true
+    }
+    fn front(&self) -> Option<&DoneBuf> {
+        if self.len == 0 {
+            None
+        } else {
+            self.slots.get(self.head)
+        }
+    }
+    fn pop(&mut self) -> Option<DoneBuf> {
+        let d = self.front()?.clone();
+        self.head = (self.head + 1) % self.slots.len();
+        self.len -= 1;
+        Some(d)
+    }
+    fn clear(&mut self) {
+        self.head = 0;
+        self.len = 0;
+    }
+}
 
 /// Driver-side state of one V4L2 queue (capture or output) of a session.
 struct QueueState {
-    /// Completed buffers, oldest first.
-    done: KVec<DoneBuf>,
+    /// Completed buffers.
+    done: DoneRing,
     /// Buffers allocated (REQBUFS/CREATE_BUFS answers): DQBUF events must name one of them.
     num_buffers: u32,
-    /// Buffers queued and not yet dequeued (for `poll` on output queues).
+    /// Buffers queued and not yet dequeued.
     queued: u32,
     /// Between a successful STREAMON and STREAMOFF/REQBUFS(0).
     streaming: bool,
+    /// A STREAMON is in flight: the device may send DQBUF events before answering it.
+    streamon_pending: bool,
     /// A buffer flagged `V4L2_BUF_FLAG_LAST` was dequeued: DQBUF answers `EPIPE` until the
-    /// queue restarts (STREAMOFF/STREAMON, or `V4L2_DEC_CMD_START`).
+    /// queue restarts (STREAMOFF/STREAMON, or `V4L2_DEC_CMD_START`/`V4L2_ENC_CMD_START`).
     last_dequeued: bool,
 }
 
 impl QueueState {
-    const fn new() -> Self {
-        Self {
-            done: KVec::new(),
+    fn new() -> Result<Self> {
+        Ok(Self {
+            done: DoneRing::new()?,
             num_buffers: 0,
             queued: 0,
             streaming: false,
+            streamon_pending: false,
             last_dequeued: false,
-        }
+        })
     }
 
     /// Forgets completed buffers and stream state (STREAMOFF, REQBUFS(0)).
     fn reset(&mut self) {
-        self.done = KVec::new();
+        self.done.clear();
         self.queued = 0;
         self.streaming = false;
+        self.streamon_pending = false;
         self.last_dequeued = false;
-    }
-
-    /// Removes and returns the oldest completed buffer.
-    fn pop_done(&mut self) -> Option<DoneBuf> {
-        let mut it = core::mem::take(&mut self.done).into_iter();
-        let first = it.next();
-        // Moves the rest to the front of the same allocation (no allocation).
-        self.done = it.collect(GFP_ATOMIC);
-        first
     }
 }
 
@@ -231,8 +285,9 @@ mod bufreq {
     pub(super) const TYPE: usize = 4;
     pub(super) const CREATE_INDEX: usize = 0;
     pub(super) const CREATE_COUNT: usize = 4;
-    /// `v4l2_create_buffers.format.type`.
-    pub(super) const CREATE_TYPE: usize = 12;
+    /// `v4l2_create_buffers.format.type`: `format` is 8-byte aligned (its union holds
+    /// pointers), so it starts at 16, after 4 bytes of padding.
+    pub(super) const CREATE_TYPE: usize = 16;
 }
 
 /// A device session, one per open file of the video node.
@@ -288,6 +343,13 @@ impl Session {
             Err(e) => return Err(media.bad_response("OPEN", e)),
         };
         let media2 = media.clone();
+        let (capture_q, output_q) = match (QueueState::new(), QueueState::new()) {
+            (Ok(c), Ok(o)) => (c, o),
+            (Err(e), _) | (_, Err(e)) => {
+                send_close(&media, id);
+                return Err(e);
+            }
+        };
         let session = Arc::pin_init(
             pin_init!(Session {
                 handle <- FileHandle::new(),
@@ -297,7 +359,7 @@ impl Session {
                     SessionState {
                         failed: None,
                         fh_live: false,
-                        queues: [QueueState::new(), QueueState::new()],
+                        queues: [capture_q, output_q],
                     },
                     "virtio_media:session"
                 ),
@@ -383,17 +445,24 @@ impl Session {
                     dev_warn_rl!(dev, "session {}: bad DQBUF event dropped: {:?}", self.id, e);
                     return;
                 }
-                if qs.done.len() >= MAX_DONE {
+                if !qs.streaming && !qs.streamon_pending {
+                    // Sent before a STREAMOFF/REQBUFS(0) the driver has already processed:
+                    // that buffer went back to user space with the STREAMOFF.
                     drop(st);
-                    dev_warn_rl!(dev, "session {}: DQBUF event flood, event dropped", self.id);
+                    dev_warn_rl!(
+                        dev,
+                        "session {}: DQBUF event on a stopped queue dropped",
+                        self.id
+                    );
                     return;
                 }
-                let mut d = DoneBuf([0; DONE_SIZE]);
                 let src = protocol::DQBUF_BUFFER_OFFSET;
-                d.0.copy_from_slice(&buf[src..src + DONE_SIZE]);
-                if qs.done.push(d, GFP_ATOMIC).is_err() {
+                let Some(ev) = buf.get(src..src + DONE_SIZE) else {
+                    return;
+                };
+                if !qs.done.push(ev) {
                     drop(st);
-                    dev_warn_rl!(dev, "session {}: no memory for a DQBUF event", self.id);
+                    dev_warn_rl!(dev, "session {}: DQBUF event flood, event dropped", self.id);
                     return;
                 }
                 drop(st);
@@ -461,6 +530,7 @@ impl Session {
             protocol::nr::STREAMON => {
                 if let Some(q) = queue(get(0)) {
                     st.queues[q].streaming = true;
+                    st.queues[q].streamon_pending = false;
                     st.queues[q].last_dequeued = false;
                 }
             }
@@ -469,8 +539,8 @@ impl Session {
                     st.queues[q].reset();
                 }
             }
-            // v4l2_decoder_cmd.cmd == V4L2_DEC_CMD_START restarts a drained decoder.
-            protocol::nr::DECODER_CMD if get(0) == 0 => {
+            // V4L2_DEC_CMD_START / V4L2_ENC_CMD_START (0) restart a drained codec.
+            protocol::nr::DECODER_CMD | protocol::nr::ENCODER_CMD if get(0) == 0 => {
                 st.queues[protocol::Queue::Capture as usize].last_dequeued = false;
             }
             _ => return,
@@ -499,7 +569,10 @@ impl Session {
             if qs.last_dequeued {
                 return Err(EPIPE);
             }
-            if let Some(front) = qs.done.first() {
+            if !qs.streaming {
+                return Err(EINVAL);
+            }
+            if let Some(front) = qs.done.front() {
                 let f = &front.0;
                 if protocol::get_u32(f, protocol::buf::TYPE) != Some(buf_type) {
                     return Err(EINVAL);
@@ -512,7 +585,7 @@ impl Session {
                 if n > user_planes {
                     return Err(EINVAL);
                 }
-                let Some(d) = qs.pop_done() else {
+                let Some(d) = qs.done.pop() else {
                     return Err(EINVAL);
                 };
                 qs.queued = qs.queued.saturating_sub(1);
@@ -523,9 +596,6 @@ impl Session {
                 drop(st);
                 copy_done(&d, b, planes, n);
                 return Ok(());
-            }
-            if !qs.streaming {
-                return Err(EINVAL);
             }
             drop(st);
             if nonblock {
@@ -552,22 +622,23 @@ impl Session {
         if st.failed.is_some() {
             return EPOLLERR;
         }
+        let cap = &st.queues[protocol::Queue::Capture as usize];
+        let out = &st.queues[protocol::Queue::Output as usize];
         let mut mask = 0;
-        if capture && req & (EPOLLIN | EPOLLRDNORM) != 0 {
-            let qs = &st.queues[protocol::Queue::Capture as usize];
-            if !qs.done.is_empty() || qs.last_dequeued {
-                mask |= EPOLLIN | EPOLLRDNORM;
-            } else if !qs.streaming {
-                mask |= EPOLLERR;
-            }
+        if capture
+            && req & (EPOLLIN | EPOLLRDNORM) != 0
+            && (!cap.done.is_empty() || cap.last_dequeued)
+        {
+            mask |= EPOLLIN | EPOLLRDNORM;
         }
-        if output && req & (EPOLLOUT | EPOLLWRNORM) != 0 {
-            let qs = &st.queues[protocol::Queue::Output as usize];
-            if !qs.done.is_empty() || (qs.streaming && qs.queued < qs.num_buffers) {
-                mask |= EPOLLOUT | EPOLLWRNORM;
-            } else if !qs.streaming {
-                mask |= EPOLLERR;
-            }
+        if output && req & (EPOLLOUT | EPOLLWRNORM) != 0 && !out.done.is_empty() {
+            mask |= EPOLLOUT | EPOLLWRNORM;
+        }
+        // EPOLLERR when no queue of the node can deliver (vb2_core_poll for one queue,
+        // v4l2_m2m_poll_for_data for both: only when neither streams).
+        let idle = |used: bool, q: &QueueState| !used || !q.streaming;
+        if mask == 0 && idle(capture, cap) && idle(output, out) {
+            mask |= EPOLLERR;
         }
         mask
     }
@@ -588,6 +659,23 @@ impl Session {
     /// the device wrote is copied back.
     fn ioctl_min(&self, nr: u8, parts: &mut [&mut [u8]], required: usize) -> Result {
         self.check_usable()?;
+        let streamon = match parts.first() {
+            Some(p) if nr == protocol::nr::STREAMON => {
+                protocol::get_u32(p, 0).and_then(protocol::queue_of)
+            }
+            _ => None,
+        };
+        if let Some(q) = streamon {
+            self.state.lock().queues[q as usize].streamon_pending = true;
+        }
+        let ret = self.ioctl_send(nr, parts, required);
+        if let (Some(q), Err(_)) = (streamon, &ret) {
+            self.state.lock().queues[q as usize].streamon_pending = false;
+        }
+        ret
+    }
+
+    fn ioctl_send(&self, nr: u8, parts: &mut [&mut [u8]], required: usize) -> Result {
         let info = protocol::ioctl_info(nr).ok_or(ENOTTY)?;
         let total = parts.iter().map(|p| p.len()).sum::<usize>();
         let layout = protocol::ChainLayout::ioctl(info.dir, total, 0).ok_or(EINVAL)?;
@@ -656,9 +744,36 @@ impl Session {
         let planes: &mut [u8] = if multi { planes } else { &mut [] };
         let mut saved_m = [0u8; 8];
         saved_m.copy_from_slice(&b[protocol::buf::M..protocol::buf::M + 8]);
+        let get = |b: &[u8], off| protocol::get_u32(b, off).unwrap_or(0);
+        let (ty, mem, len) = (
+            get(b, protocol::buf::TYPE),
+            memory,
+            get(b, protocol::buf::LENGTH),
+        );
         let ret = self.ioctl_min(nr, &mut [&mut *b, &mut *planes], protocol::buf::SIZE);
+        // The V4L2 core sized the planes array (and its 32-bit compat copy) from the caller's
+        // values: the device may not change the type, the memory or, for multi-planar
+        // buffers, raise the plane count.
+        let bad = get(b, protocol::buf::TYPE) != ty
+            || (nr != protocol::nr::QUERYBUF && get(b, protocol::buf::MEMORY) != mem)
+            || (multi && get(b, protocol::buf::LENGTH) > len);
+        if bad {
+            dev_warn_rl!(
+                self.media.dev(),
+                "ioctl {}: device changed the buffer's type/memory/planes",
+                nr
+            );
+            let _ = protocol::put_u32(b, protocol::buf::TYPE, ty);
+            let _ = protocol::put_u32(b, protocol::buf::MEMORY, mem);
+            if multi {
+                let _ = protocol::put_u32(b, protocol::buf::LENGTH, len);
+            }
+        }
         if multi {
             b[protocol::buf::M..protocol::buf::M + 8].copy_from_slice(&saved_m);
+        }
+        if bad && ret.is_ok() {
+            return Err(EIO);
         }
         ret
     }
@@ -671,12 +786,13 @@ impl Session {
     pub(crate) fn ext_ctrls(&self, nr: u8, head: &mut [u8], controls: &mut [u8]) -> Result {
         // v4l2_ext_control: id@0 size@4 reserved2@8 value@12 (packed, 20 bytes).
         let count = controls.len() / protocol::V4L2_EXT_CONTROL_SIZE;
-        for c in controls.chunks(protocol::V4L2_EXT_CONTROL_SIZE) {
-            if protocol::get_u32(c, 4).unwrap_or(0) != 0 {
-                // v4l2_ext_controls.error_idx is at offset 12.
-                protocol::put_u32(head, 12, count as u32).ok_or(EINVAL)?;
-                return Err(EINVAL);
-            }
+        // The V4L2 core has set `error_idx = count` before calling us.
+        let _ = count;
+        if controls
+            .chunks(protocol::V4L2_EXT_CONTROL_SIZE)
+            .any(|c| protocol::get_u32(c, 4).unwrap_or(0) != 0)
+        {
+            return Err(EINVAL);
         }
         self.ioctl(nr, &mut [head, controls])
     }

@@ -43,6 +43,9 @@ pub(crate) const DRIVER_NAME: &CStr = c_str!("virtio_media");
 /// Number of buffers kept posted on the eventq (as many as the C driver).
 const NUM_EVENT_BUFS: usize = 16;
 
+/// Most events the bottom half handles per run before it yields the CPU.
+const EVENT_BUDGET: usize = 64;
+
 struct VirtioMediaModule {
     _driver: VirtioDriver,
 }
@@ -97,7 +100,8 @@ pub(crate) struct VirtioMedia {
     /// Open sessions by device session id, for routing events.
     #[pin]
     pub(crate) sessions: IrqSpinLock<RBTree<u32, Arc<Session>>>,
-    dev: DevRef,
+    /// Keeps the `struct device` alive for messages after `remove` (open files, mappings).
+    dev: ffi::DevHold,
     device_caps: u32,
     dir: Direction,
     /// Shared memory region 0 (guest-physical base, length), where MMAP buffers are mapped.
@@ -114,7 +118,7 @@ impl VirtioMedia {
 
     /// The device, for messages.
     pub(crate) fn dev(&self) -> DevRef {
-        self.dev
+        self.dev.dev()
     }
 
     /// Direction of the video node.
@@ -176,15 +180,24 @@ impl VirtioMedia {
         let mut q = self.eventq.lock();
         let Some(vq) = q.as_mut() else { return };
         let mut reposted = false;
+        let mut budget = EVENT_BUDGET;
         loop {
             vq.disable_cb();
             while let Some((mut ev, used)) = vq.get_used() {
+                budget -= 1;
                 self.handle_event(ev.buf[0].bytes_mut(), used as usize);
                 ev.buf[0].bytes_mut().fill(0);
                 if let Err((e, _lost)) = vq.add(ev) {
-                    dev_warn_rl!(self.dev, "cannot repost an event buffer: {:?}", e);
+                    dev_warn_rl!(self.dev(), "cannot repost an event buffer: {:?}", e);
                 } else {
                     reposted = true;
+                }
+                if budget == 0 {
+                    // A flooding device must not keep this CPU in softirq: come back later
+                    // (callbacks stay disabled meanwhile).
+                    vq.kick();
+                    self.event_work.queue();
+                    return;
                 }
             }
             if vq.enable_cb() {
@@ -201,7 +214,7 @@ impl VirtioMedia {
         let ev = match protocol::parse_event(buf, used) {
             Ok(ev) => ev,
             Err(e) => {
-                dev_warn_rl!(self.dev, "dropping malformed event: {:?}", e);
+                dev_warn_rl!(self.dev(), "dropping malformed event: {:?}", e);
                 return;
             }
         };
@@ -215,7 +228,7 @@ impl VirtioMedia {
             sessions.get(&id).cloned()
         };
         let Some(session) = session else {
-            dev_warn_rl!(self.dev, "event for unknown session {}: {:?}", id, ev);
+            dev_warn_rl!(self.dev(), "event for unknown session {}: {:?}", id, ev);
             return;
         };
         session.handle_event(ev, buf);
@@ -370,7 +383,7 @@ pub(crate) fn probe(vdev: &VirtioDevice) -> Result {
             eventq <- new_irq_spinlock!(None, "virtio_media:eventq"),
             event_work <- BhWork::new(),
             sessions <- new_irq_spinlock!(RBTree::new(), "virtio_media:sessions"),
-            dev,
+            dev: ffi::DevHold::new(dev),
             device_caps: cfg.device_caps,
             dir: cfg.dir,
             shm: vdev.shm_region(protocol::SHM_REGION_MMAP),
@@ -398,6 +411,7 @@ pub(crate) fn probe(vdev: &VirtioDevice) -> Result {
         vdev.reset();
         media.shutdown_queues();
         vdev.del_vqs();
+        media.event_work.cancel_sync();
         drop(vdev.take_media());
         e
     };
@@ -443,5 +457,9 @@ pub(crate) fn remove(vdev: &VirtioDevice) {
         s.device_gone();
     }
     vdev.del_vqs();
+    // Transports whose reset does not wait for running callbacks (virtio-mmio) may have
+    // queued the work after `shutdown_queues` cancelled it; `del_vqs` freed the IRQs, so no
+    // callback runs any more.
+    media.event_work.cancel_sync();
     drop(media);
 }
