@@ -1033,6 +1033,41 @@ unsafe extern "C" fn vm_close(vma: *mut raw::vm_area_struct) {
     drop(unsafe { Arc::<crate::mmap::Mapping>::from_raw((*vma).vm_private_data.cast()) });
 }
 
+/// A reference on the `address_space` a device node's MMAP VMAs hang off (the node inode's
+/// `i_mapping`, held through `ihold`/`iput`), so `remove` can zap every user mapping of the
+/// SHM BAR before the BAR goes away.
+pub(crate) struct SpaceRef {
+    inode: NonNull<raw::inode>,
+    space: NonNull<raw::address_space>,
+}
+
+// SAFETY: The inode reference may be dropped from any process context; the pointers are only
+// used for `unmap_mapping_range`/`iput`, which are thread-safe.
+unsafe impl Send for SpaceRef {}
+
+impl SpaceRef {
+    /// Whether `self` is for `other`'s address space.
+    pub(crate) fn same(&self, other: &SpaceRef) -> bool {
+        self.space == other.space
+    }
+
+    /// Removes every user mapping of the address space (later accesses get `SIGBUS`: the VMAs
+    /// have no fault handler). Process context.
+    pub(crate) fn zap(&self) {
+        // SAFETY: `space` is kept alive by the inode reference; (0, 0) means the whole file,
+        // `even_cows` = 1.
+        unsafe { raw::unmap_mapping_range(self.space.as_ptr(), 0, 0, 1) };
+    }
+}
+
+impl Drop for SpaceRef {
+    fn drop(&mut self) {
+        // SAFETY: Pairs with the `ihold` in `fop_mmap`; process context (see `VirtioMedia`'s
+        // drop and `remove`).
+        unsafe { raw::iput(self.inode.as_ptr()) };
+    }
+}
+
 /// `v4l2_file_operations.mmap`: maps an MMAP buffer through SHM region 0 (see `mmap.rs`).
 ///
 /// # Safety
@@ -1082,6 +1117,22 @@ unsafe extern "C" fn fop_mmap(file: *mut raw::file, vma: *mut raw::vm_area_struc
     };
     if ret != 0 {
         return ret;
+    }
+    // SAFETY: `file` is open, so its inode and mapping are live; `ihold` keeps them so.
+    let space = unsafe {
+        let inode = (*file).f_inode;
+        let space = (*file).f_mapping;
+        match (NonNull::new(inode), NonNull::new(space)) {
+            (Some(inode), Some(space)) => {
+                raw::ihold(inode.as_ptr());
+                SpaceRef { inode, space }
+            }
+            _ => return EINVAL.to_errno(),
+        }
+    };
+    if let Err(e) = session.media().note_space(space) {
+        // Removed meanwhile: the failed mmap() unmaps the VMA.
+        return e.to_errno();
     }
     // SAFETY: As above; the VMA now owns one reference, released by `vm_close`.
     unsafe {

@@ -106,6 +106,9 @@ pub(crate) struct VirtioMedia {
     dir: Direction,
     /// Shared memory region 0 (guest-physical base, length), where MMAP buffers are mapped.
     shm: Option<(u64, u64)>,
+    /// Address spaces that have MMAP mappings of SHM region 0, zapped by `remove`.
+    #[pin]
+    spaces: IrqSpinLock<Spaces>,
     card: [u8; config::CARD_LEN],
     bus_info: [u8; 32],
 }
@@ -277,6 +280,59 @@ impl VirtioMedia {
     }
 }
 
+/// The address spaces with MMAP mappings of the device's SHM region (normally one: that of
+/// the `/dev/videoN` inode; more if the node was also created elsewhere with `mknod`).
+pub(crate) struct Spaces {
+    list: [Option<ffi::SpaceRef>; 4],
+    /// Set by `remove`: no new mapping may be recorded.
+    removed: bool,
+}
+
+impl VirtioMedia {
+    /// Records that `space` has (or gets) MMAP mappings, for `remove` to zap.
+    ///
+    /// Errors: `ENODEV` after `remove`, `ENOSPC` with more than 4 distinct address spaces.
+    pub(crate) fn note_space(&self, space: ffi::SpaceRef) -> Result {
+        let mut sp = self.spaces.lock();
+        if sp.removed {
+            drop(sp);
+            return Err(ENODEV);
+        }
+        if sp.list.iter().flatten().any(|s| s.same(&space)) {
+            drop(sp);
+            drop(space);
+            return Ok(());
+        }
+        match sp.list.iter_mut().find(|s| s.is_none()) {
+            Some(slot) => {
+                *slot = Some(space);
+                Ok(())
+            }
+            None => {
+                drop(sp);
+                drop(space);
+                dev_warn_rl!(self.dev(), "mmap: too many device nodes for this device");
+                Err(ENOSPC)
+            }
+        }
+    }
+
+    /// Zaps every user mapping of SHM region 0 and stops recording new ones (at removal).
+    fn zap_mappings(&self) {
+        let mut taken: [Option<ffi::SpaceRef>; 4] = [None, None, None, None];
+        {
+            let mut sp = self.spaces.lock();
+            sp.removed = true;
+            for (t, s) in taken.iter_mut().zip(sp.list.iter_mut()) {
+                *t = s.take();
+            }
+        }
+        for s in taken.iter().flatten() {
+            s.zap();
+        }
+    }
+}
+
 /// Validated identity of the device from its configuration space.
 struct DeviceConfig {
     device_caps: u32,
@@ -387,6 +443,7 @@ pub(crate) fn probe(vdev: &VirtioDevice) -> Result {
             device_caps: cfg.device_caps,
             dir: cfg.dir,
             shm: vdev.shm_region(protocol::SHM_REGION_MMAP),
+            spaces <- new_irq_spinlock!(Spaces { list: [None, None, None, None], removed: false }, "virtio_media:spaces"),
             card: cfg.card,
             bus_info: bus_info_for(vdev),
         }),
@@ -447,8 +504,10 @@ pub(crate) fn remove(vdev: &VirtioDevice) {
     let Some(media) = vdev.take_media() else {
         return;
     };
-    // No new opens; ioctls on open files now fail in the V4L2 core with ENODEV.
+    // No new opens; ioctls and mmap() on open files now fail in the V4L2 core with ENODEV.
     ffi::unregister_video(&media);
+    // User mappings of the SHM BAR go before the BAR does (later accesses: SIGBUS).
+    media.zap_mappings();
     // The device stops touching our buffers, and no queue callback runs after this.
     vdev.reset();
     media.shutdown_queues();

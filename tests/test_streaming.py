@@ -184,10 +184,44 @@ def test_v4l2_compliance_streaming_runs_to_the_end():
     assert total == ok + failed
 
 
+HOLD_MAPPING = r"""
+import ctypes, mmap, os, struct, sys, time
+sys.path.insert(0, "{tools}")
+from v4l2probe import IOWR, ioctl
+fd = os.open("/dev/video0", os.O_RDWR)
+assert ioctl(fd, IOWR(8, 20), struct.pack("<III", 2, 9, 1) + bytes(8))[0] == 0
+planes = ctypes.create_string_buffer(64 * 8)
+b = bytearray(88); struct.pack_into("<II", b, 0, 1, 9); struct.pack_into("<I", b, 60, 1)
+struct.pack_into("<QI", b, 64, ctypes.addressof(planes), 8)
+assert ioctl(fd, IOWR(9, 88), b)[0] == 0
+length, off = struct.unpack_from("<IQ", planes.raw, 4)
+m = mmap.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ, offset=off)
+m[0]
+# Free the buffers (the device lets one session own buffers at a time); the mapping stays
+# valid until it is unmapped (spec).
+assert ioctl(fd, IOWR(8, 20), struct.pack("<III", 0, 9, 1) + bytes(8))[0] == 0
+m[0]
+print("mapped", flush=True)
+while os.path.exists("/dev/video0"):
+    time.sleep(0.2)
+print("reading after unplug", flush=True)
+m[0]
+print("read-ok", flush=True)
+"""
+
+
 def test_hot_unplug_while_streaming():
+    """device_del while one process streams and another holds a mapping of a buffer: the
+    streamer gets ENODEV, the node goes away, the old mapping is revoked (SIGBUS on access,
+    so it can never reach whatever later takes the BAR's address range), the module unloads,
+    and there is no splat."""
     from guest import Guest
-    cmd = (f"{STREAM} 4 100000 --mmap --ready $VMRS_OUT/ready > /tmp/s.out 2>&1 & P=$!; "
+    hold = HOLD_MAPPING.format(tools=f"{REPO}/tests/guest_tools")
+    cmd = (f"python3 - > /tmp/h.out 2>&1 <<'EOF' &\n{hold}\nEOF\nH=$!; "
+           "while ! grep -q mapped /tmp/h.out; do sleep 0.2; done; "
+           f"{STREAM} 4 100000 --mmap --ready $VMRS_OUT/ready > /tmp/s.out 2>&1 & P=$!; "
            "wait $P; echo streamer=$?; cat /tmp/s.out | tail -c 300; "
+           "wait $H; echo holder=$?; cat /tmp/h.out; "
            "for i in $(seq 30); do test -e /dev/video0 || break; sleep 1; done; "
            "ls /dev/video0 2>&1; rmmod virtio_media && echo rmmod-ok")
     with Guest(cmd, timeout=300) as g:
@@ -197,4 +231,7 @@ def test_hot_unplug_while_streaming():
     assert res.status == 0, (res.stdout, res.stderr)
     assert '{"streaming": true}' in res.stdout, res.stdout
     assert "streamer=1" in res.stdout and '"errno": "ENODEV"' in res.stdout, res.stdout
+    # 135 = 128 + SIGBUS: the revoked mapping faults.
+    assert "holder=135" in res.stdout and "reading after unplug" in res.stdout, res.stdout
+    assert "read-ok" not in res.stdout
     assert "No such file" in res.stdout and "rmmod-ok" in res.stdout, res.stdout
