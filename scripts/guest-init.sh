@@ -60,9 +60,22 @@ is_mounted /dev || mount -t devtmpfs -o nosuid devtmpfs /dev
 mkdir -p /dev/pts /dev/shm 2>/dev/null
 mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 mount -t tmpfs -o nosuid,nodev tmpfs /dev/shm
+# The repository (this script's ../) must stay visible in the guest even if the host keeps it
+# under a directory that gets a tmpfs here (a checkout in /tmp, say): park a bind mount of it on
+# /mnt (present and unused on the read-only root) and move it back after the tmpfs mounts.
+REPO_DIR=$(cd "$(dirname "$0")/.." && pwd)
+REPO_PARKED=
+case "$REPO_DIR" in
+/tmp/* | /run/* | /var/tmp/*)
+	mount --bind "$REPO_DIR" /mnt && REPO_PARKED=1 || fatal "cannot bind $REPO_DIR on /mnt"
+	;;
+esac
 for d in /tmp /run /var/tmp; do
 	mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$d" || fatal "cannot mount tmpfs on $d"
 done
+if [ -n "$REPO_PARKED" ]; then
+	mkdir -p "$REPO_DIR" && mount --move /mnt "$REPO_DIR" || fatal "cannot move the repo back to $REPO_DIR"
+fi
 chmod 755 /run
 mount -t debugfs -o nosuid,nodev,noexec debugfs /sys/kernel/debug 2>/dev/null
 mkdir -p "$OUT"
