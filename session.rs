@@ -204,7 +204,11 @@ impl DoneRing {
         if self.len == cap || d.len() != DONE_SIZE {
             return false;
         }
-        let i = (self.head + self.len) % cap;
+        // `head < cap` and `len < cap`, so one wrap at most (no division, no panic path).
+        let mut i = self.head + self.len;
+        if i >= cap {
+            i -= cap;
+        }
         self.slots[i].0.copy_from_slice(d);
         self.len += 1;
         true
@@ -218,7 +222,11 @@ impl DoneRing {
     }
     fn pop(&mut self) -> Option<DoneBuf> {
         let d = self.front()?.clone();
-        self.head = (self.head + 1) % self.slots.len();
+        self.head = if self.head + 1 >= self.slots.len() {
+            0
+        } else {
+            self.head + 1
+        };
         self.len -= 1;
         Some(d)
     }

@@ -504,10 +504,11 @@ pub(crate) fn remove(vdev: &VirtioDevice) {
     let Some(media) = vdev.take_media() else {
         return;
     };
+    // User mappings of the SHM BAR go before the BAR does (later accesses: SIGBUS), and no
+    // new one is made from here on.
+    media.zap_mappings();
     // No new opens; ioctls and mmap() on open files now fail in the V4L2 core with ENODEV.
     ffi::unregister_video(&media);
-    // User mappings of the SHM BAR go before the BAR does (later accesses: SIGBUS).
-    media.zap_mappings();
     // The device stops touching our buffers, and no queue callback runs after this.
     vdev.reset();
     media.shutdown_queues();
