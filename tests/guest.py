@@ -407,7 +407,7 @@ class Guest:
         ] + (["kmemleak=on"] if self.kmemleak else []) + ([self.extra_cmdline] if self.extra_cmdline else []))
         args = [
             str(art.qemu),
-            "-machine", "pc", "-accel", "tcg", "-cpu", "max", "-smp", "2,sockets=2,cores=1,threads=1", "-m", "1G",
+            "-machine", "pc", "-accel", "tcg", "-cpu", "max,la57=off", "-smp", "2,sockets=2,cores=1,threads=1", "-m", "1G",
             "-object", "memory-backend-memfd,id=mem,size=1G,share=on", "-numa", "node,memdev=mem",
             "-nodefaults", "-nographic", "-no-reboot",
             "-serial", f"file:{_q(run / 'serial.log')}",
