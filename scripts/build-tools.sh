@@ -44,11 +44,12 @@ if [ ! -x "$VMRS_DEVICE" ]; then
 	v4l2r_headers
 	log "cargo build --release --locked tests/device (vmrs-device)"
 	t0=$SECONDS
-	# One target dir for every version: an edit of our sources rebuilds only our crate.
-	(cd "$REPO/tests/device" &&
-		CARGO_TARGET_DIR=$CACHE/vmrs-device-target cargo build --release --locked) >&2
+	# One target dir for every version of one checkout: an edit of our sources rebuilds only
+	# our crate, and two checkouts (git worktrees) do not rebuild each other's.
+	target=$CACHE/vmrs-device-target-$(printf '%s' "$REPO" | sha256sum | cut -c1-8)
+	(cd "$REPO/tests/device" && CARGO_TARGET_DIR=$target cargo build --release --locked) >&2
 	mkdir -p "$VMRS_DEVICE_DIR"
-	cp "$CACHE/vmrs-device-target/release/vmrs-device" "$VMRS_DEVICE.tmp"
+	cp "$target/release/vmrs-device" "$VMRS_DEVICE.tmp"
 	mv "$VMRS_DEVICE.tmp" "$VMRS_DEVICE"
 	log "vmrs-device built in $((SECONDS - t0)) s: $VMRS_DEVICE"
 fi
