@@ -1274,6 +1274,10 @@ const VIDIOC_S_STD: u32 = kernel::ioctl::_IOW::<u64>(b'V' as u32, nr::S_STD as u
 const VIDIOC_ENUMSTD: u32 =
     kernel::ioctl::_IOWR::<raw::v4l2_standard>(b'V' as u32, nr::ENUMSTD as u32);
 const VIDIOC_QUERYSTD: u32 = kernel::ioctl::_IOR::<u64>(b'V' as u32, nr::QUERYSTD as u32);
+const VIDIOC_G_PARM: u32 =
+    kernel::ioctl::_IOWR::<raw::v4l2_streamparm>(b'V' as u32, nr::G_PARM as u32);
+const VIDIOC_S_PARM: u32 =
+    kernel::ioctl::_IOWR::<raw::v4l2_streamparm>(b'V' as u32, nr::S_PARM as u32);
 
 /// `v4l2_file_operations.unlocked_ioctl`.
 ///
@@ -1282,12 +1286,20 @@ const VIDIOC_QUERYSTD: u32 = kernel::ioctl::_IOR::<u64>(b'V' as u32, nr::QUERYST
 /// Only the kernel calls this, as the callback it was registered as, with the arguments that
 /// callback's contract guarantees (live objects of this driver, valid for the call).
 unsafe extern "C" fn fop_ioctl(file: *mut raw::file, cmd: u32, arg: usize) -> isize {
+    // SAFETY: `private_data` is our `v4l2_fh` while the file is open.
+    let session = || unsafe { session_of((*file).private_data) };
+    let user = || kernel::uaccess::UserSlice::new(arg, kernel::ioctl::_IOC_SIZE(cmd));
+    let nr = kernel::ioctl::_IOC_NR(cmd) as u8;
     match cmd {
         VIDIOC_S_STD | VIDIOC_ENUMSTD | VIDIOC_QUERYSTD => {
-            // SAFETY: `private_data` is our `v4l2_fh` while the file is open.
-            let session = unsafe { session_of((*file).private_data) };
-            let user = kernel::uaccess::UserSlice::new(arg, kernel::ioctl::_IOC_SIZE(cmd));
-            session.ioctl_user(kernel::ioctl::_IOC_NR(cmd) as u8, user) as isize
+            session().ioctl_user(nr, user()) as isize
+        }
+        // On M2M nodes G/S_PARM belong to stateful encoders only (V4L2 codec interfaces): the
+        // device's answer, `ENOTTY` included, must reach user space for every buffer type,
+        // which the core's `v4l_g_parm`/`v4l_s_parm` (`EINVAL` from `check_fmt` first)
+        // would not let through.
+        VIDIOC_G_PARM | VIDIOC_S_PARM if session().media().is_m2m() => {
+            session().ioctl_user(nr, user()) as isize
         }
         // SAFETY: Forwarding the arguments V4L2 gave us.
         _ => unsafe { raw::video_ioctl2(file, cmd, arg as _) as isize },

@@ -907,6 +907,24 @@ pub fn card_len(card: &[u8; config::CARD_LEN]) -> Option<usize> {
     card.iter().position(|&b| b == 0)
 }
 
+/// `V4L2_MODE_HIGHQUALITY`, the only capture/output mode flag (videodev2.h).
+pub const MODE_HIGHQUALITY: u32 = 1;
+
+/// `VIDIOC_S_PARM` argument clean-up the V4L2 core's `v4l_s_parm()` does before a driver sees
+/// it, for the nodes where the driver forwards S_PARM itself (M2M: see `ffi::fop_ioctl`): in
+/// the 204-byte `v4l2_streamparm`, `parm.{capture,output}` has `capturemode`/`outputmode` at
+/// 8 (masked to [`MODE_HIGHQUALITY`]), `extendedmode` at 20 (zeroed) and `reserved[4]` at 28
+/// (zeroed); both union members have the same layout.
+pub fn sanitize_s_parm(parm: &mut [u8]) {
+    if let Some(mode) = get_u32(parm, 8) {
+        let _ = put_u32(parm, 8, mode & MODE_HIGHQUALITY);
+    }
+    let _ = put_u32(parm, 20, 0);
+    if let Some(r) = parm.get_mut(28..44) {
+        r.fill(0);
+    }
+}
+
 /// Repairs what the V4L2 core itself would choke on in a successful response payload.
 ///
 /// `ENUM_FMT`: the core's `v4l_fill_fmtdesc()` `WARN`s on an unknown `pixelformat` whose

@@ -299,7 +299,14 @@ struct PinnedBuf {
     /// `m.userptr` of the buffer (single-planar) or of each plane, as user space gave them:
     /// DQBUF reports them back (the device's DQBUF event carries no pointers).
     userptr: [u64; protocol::MAX_PLANES],
-    /// The pinned planes.
+    /// `length` of the buffer (single-planar) or of each plane.
+    length: [u32; protocol::MAX_PLANES],
+    /// Number of planes (1 for single-planar buffers).
+    planes: usize,
+    /// Prepared (PREPARE_BUF) and not queued yet: a QBUF of it uses these pages, whatever
+    /// pointers it carries (as vb2 does).
+    prepared: bool,
+    /// The pinned planes, one per plane.
     pins: KVec<UserPages>,
 }
 
@@ -494,16 +501,71 @@ impl Session {
             queue: q,
             index,
             userptr: [0; protocol::MAX_PLANES],
+            length: [0; protocol::MAX_PLANES],
+            planes: n,
+            prepared: false,
             pins: KVec::with_capacity(n, GFP_KERNEL)?,
         };
         let mut sg = KVec::new();
         for (i, &(addr, len)) in ranges.iter().take(n).enumerate() {
             pinned.userptr[i] = addr;
+            pinned.length[i] = len;
             let pages = UserPages::pin(addr as usize, len as usize, write)?;
             append_sg(&mut sg, &pages)?;
             pinned.pins.push(pages, GFP_KERNEL)?;
         }
         Ok((pinned, sg))
+    }
+
+    /// QBUF of a USERPTR buffer that was prepared: takes its entry and writes the prepared
+    /// `m.userptr`/`length` values into `b` (or its `planes`), so the device is sent the
+    /// buffer it prepared, with the same SG lists. `None` if the buffer is not prepared.
+    ///
+    /// Errors: `EINVAL` if the caller's planes array is shorter than the prepared buffer's,
+    /// `ENOMEM` (then the entry stays).
+    fn take_prepared(
+        &self,
+        b: &mut [u8],
+        planes: &mut [u8],
+        multi: bool,
+    ) -> Result<Option<(PinnedBuf, KVec<u8>)>> {
+        use protocol::{buf, plane};
+        let Some(q) = protocol::get_u32(b, buf::TYPE).and_then(protocol::queue_of) else {
+            return Ok(None);
+        };
+        let index = protocol::get_u32(b, buf::INDEX).unwrap_or(u32::MAX);
+        let mut slots = self.pinned.lock();
+        let Some(slot) = slots.iter_mut().find(|o| {
+            o.as_ref()
+                .is_some_and(|o| o.queue == q as usize && o.index == index && o.prepared)
+        }) else {
+            return Ok(None);
+        };
+        let Some(p) = slot.as_ref() else {
+            return Ok(None);
+        };
+        if multi && planes.len() < p.planes * plane::SIZE {
+            return Err(EINVAL);
+        }
+        let mut sg = KVec::new();
+        for pages in p.pins.iter() {
+            append_sg(&mut sg, pages)?;
+        }
+        let Some(p) = slot.take() else {
+            return Ok(None);
+        };
+        drop(slots);
+        if multi {
+            let _ = protocol::put_u32(b, buf::LENGTH, p.planes as u32);
+            for i in 0..p.planes {
+                let _ = protocol::put_u64(planes, i * plane::SIZE + plane::M, p.userptr[i]);
+                let _ = protocol::put_u32(planes, i * plane::SIZE + plane::LENGTH, p.length[i]);
+            }
+        } else {
+            let _ = protocol::put_u64(b, buf::M, p.userptr[0]);
+            let _ = protocol::put_u32(b, buf::LENGTH, p.length[0]);
+        }
+        Ok(Some((p, sg)))
     }
 
     /// Keeps `b` until the device gives the buffer back, replacing an older entry for the
@@ -950,11 +1012,26 @@ impl Session {
             .map(protocol::buf_type_is_multiplanar)
             .unwrap_or(false);
         let planes: &mut [u8] = if multi { planes } else { &mut [] };
-        let (pinned, sg) = if userptr && nr != protocol::nr::QUERYBUF {
-            let (p, sg) = self.pin_buffer(b, planes, multi)?;
-            (Some(p), sg)
+        let prepared = if userptr && nr == protocol::nr::QBUF {
+            self.take_prepared(b, planes, multi)?
         } else {
-            (None, KVec::new())
+            None
+        };
+        let (mut pinned, sg) = match prepared {
+            Some(p) => (Some(p.0), p.1),
+            None if userptr && nr != protocol::nr::QUERYBUF => {
+                let (p, sg) = self.pin_buffer(b, planes, multi)?;
+                (Some(p), sg)
+            }
+            None => (None, KVec::new()),
+        };
+        // A prepared multi-planar buffer is sent with its own plane count.
+        let planes: &mut [u8] = match &pinned {
+            Some(p) if multi && p.prepared => {
+                let n = (p.planes * protocol::plane::SIZE).min(planes.len());
+                &mut planes[..n]
+            }
+            _ => planes,
         };
         let mut saved_m = [0u8; 8];
         saved_m.copy_from_slice(&b[buf::M..buf::M + 8]);
@@ -991,12 +1068,18 @@ impl Session {
                 let _ = protocol::put_u64(planes, i * plane::SIZE + plane::M, *m);
             }
         }
-        if let Some(p) = pinned {
+        if let Some(p) = pinned.take() {
             match ret {
+                // A prepared buffer the device would not queue stays prepared.
+                Ok(Err(_)) if p.prepared => self.keep_pinned(p),
                 // The device refused the buffer: it holds nothing.
                 Ok(Err(_)) => drop(p),
                 // Taken, or unknown: keep the pages until the device gives the buffer back.
-                _ => self.keep_pinned(p),
+                _ => {
+                    let mut p = p;
+                    p.prepared = nr == protocol::nr::PREPARE_BUF && matches!(ret, Ok(Ok(())));
+                    self.keep_pinned(p)
+                }
             }
         }
         let ret = ret.and_then(|r| r);
@@ -1067,7 +1150,7 @@ impl Session {
         let Some(info) = protocol::ioctl_info(nr) else {
             return ENOTTY.to_errno();
         };
-        let mut buf = [0u8; 128];
+        let mut buf = [0u8; 256];
         let size = info.size as usize;
         if size > buf.len() {
             return ENOTTY.to_errno();
@@ -1077,6 +1160,9 @@ impl Session {
             if let Err(e) = reader.read_slice(&mut buf[..size]) {
                 return e.to_errno();
             }
+        }
+        if nr == protocol::nr::S_PARM {
+            protocol::sanitize_s_parm(&mut buf[..size]);
         }
         let ret = self.ioctl(nr, &mut [&mut buf[..size]]);
         if ret.is_ok() && info.dir.from_device() {

@@ -170,6 +170,11 @@ impl VirtioMedia {
         self.shm
     }
 
+    /// Whether the node is a memory-to-memory device (`V4L2_CAP_VIDEO_M2M(_MPLANE)`).
+    pub(crate) fn is_m2m(&self) -> bool {
+        self.device_caps & (ffi::raw::V4L2_CAP_VIDEO_M2M | ffi::raw::V4L2_CAP_VIDEO_M2M_MPLANE) != 0
+    }
+
     /// `device_caps` from the configuration space (validated at probe).
     pub(crate) fn device_caps(&self) -> u32 {
         self.device_caps
