@@ -58,8 +58,7 @@ pub struct DeviceContext {
     /// `VirtioMediaEventQueue`: events to the driver over the eventq.
     pub eventq: EventQueue,
     /// `VirtioMediaGuestMemoryMapper`: linear views of guest SG lists (USERPTR). Unused by
-    /// capture-mplane (MMAP only); there for the profiles that need it (a V4L2 proxy, USERPTR).
-    #[allow(dead_code)]
+    /// capture-mplane (MMAP only); `TestDevice` profiles use it.
     pub guest_mapper: GuestMapper,
     /// `VirtioMediaHostMemoryMapper`: MMAP buffers into shared memory region 0.
     pub host_mapper: ShmMapper,
