@@ -28,4 +28,6 @@ void vmrs_dev_err(struct device *dev, const void *fmt_args);
 void vmrs_init_work(struct work_struct *work, work_func_t func);
 bool vmrs_queue_bh_work(struct work_struct *work);
 int vmrs_wait_event_interruptible(struct wait_queue_head *wq, bool (*cond)(const void *), const void *data);
+long vmrs_pin_user_pages(unsigned long start, int nr_pages, bool write, struct page **pages);
+u64 vmrs_page_to_phys(struct page *page);
 extern const struct virtio_device_id vmrs_id_table[];

@@ -72,3 +72,18 @@ int vmrs_wait_event_interruptible(struct wait_queue_head *wq, bool (*cond)(const
 {
 	return wait_event_interruptible(*wq, cond(data));
 }
+
+/*
+ * USERPTR planes and ext-control payloads: long-term pins (the device keeps a queued buffer
+ * for as long as it likes), writable when the device writes into them.
+ */
+long vmrs_pin_user_pages(unsigned long start, int nr_pages, bool write, struct page **pages)
+{
+	return pin_user_pages_fast(start, nr_pages, FOLL_LONGTERM | (write ? FOLL_WRITE : 0), pages);
+}
+
+/* The guest-physical address the device uses (virtio without VIRTIO_F_ACCESS_PLATFORM). */
+u64 vmrs_page_to_phys(struct page *page)
+{
+	return page_to_phys(page);
+}

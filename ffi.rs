@@ -11,7 +11,7 @@
 
 use core::{ffi::c_void, marker::PhantomData, ptr::NonNull};
 use kernel::{
-    alloc::{flags::GFP_KERNEL, KVec},
+    alloc::{flags::GFP_KERNEL, KVVec, KVec},
     bindings as kbindings,
     error::to_result,
     prelude::*,
@@ -185,6 +185,131 @@ impl DmaBuf {
     }
     fn seg(&self) -> (*mut u8, usize) {
         (self.0.as_ptr() as *mut u8, self.0.len())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pinned user memory (USERPTR planes, ext-control payloads)
+
+/// `PAGE_SIZE` (bytes).
+const PAGE_SIZE: usize = kernel::page::PAGE_SIZE;
+
+/// Most pages one [`UserPages`] pins: 4096 (16 MiB with 4 KiB pages).
+pub(crate) const MAX_PIN_PAGES: usize = 4096;
+
+/// One physically contiguous piece of a pinned range: guest-physical address and length in
+/// bytes, as a `virtio_media_sg_entry` carries it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Segment {
+    /// Guest-physical address.
+    pub(crate) start: u64,
+    /// Length in bytes (at most 16 MiB, see [`MAX_PIN_PAGES`]).
+    pub(crate) len: u32,
+}
+
+/// A range of the calling process's memory, pinned with `pin_user_pages_fast(FOLL_LONGTERM)`
+/// so that the device can read (and, if `write`, write) it by guest-physical address for as
+/// long as this value lives. Dropping it unpins the pages (marking them dirty if the device
+/// could write them); that may sleep, so it must be dropped in process context.
+///
+/// Guest-physical addresses are `page_to_phys()`: virtio-media devices address guest memory
+/// directly (the driver does not negotiate `VIRTIO_F_ACCESS_PLATFORM`).
+pub(crate) struct UserPages {
+    pages: KVVec<*mut raw::page>,
+    /// Offset of the range in its first page.
+    offset: usize,
+    /// Length of the range in bytes.
+    len: usize,
+    write: bool,
+}
+
+// SAFETY: The page references are owned by the value, not by a thread: unpinning may happen
+// on any thread (in process context).
+unsafe impl Send for UserPages {}
+// SAFETY: Shared references only read the page pointers.
+unsafe impl Sync for UserPages {}
+
+impl UserPages {
+    /// Pins `len` bytes of user memory at `addr` of the current process.
+    ///
+    /// Errors: `EINVAL` if `len` is 0 or the range spans more than [`MAX_PIN_PAGES`] pages,
+    /// `EFAULT` if it wraps or any page cannot be pinned (unmapped, not writable while
+    /// `write`, `VM_PFNMAP`/`VM_IO` such as an MMAP buffer of this driver), `ENOMEM`.
+    pub(crate) fn pin(addr: usize, len: usize, write: bool) -> Result<Self> {
+        if len == 0 {
+            return Err(EINVAL);
+        }
+        let end = addr.checked_add(len).ok_or(EFAULT)?;
+        let first = addr & !(PAGE_SIZE - 1);
+        let last = end.checked_add(PAGE_SIZE - 1).ok_or(EFAULT)? & !(PAGE_SIZE - 1);
+        let n = (last - first) / PAGE_SIZE;
+        if n > MAX_PIN_PAGES {
+            return Err(EINVAL);
+        }
+        let mut pages = KVVec::from_elem(core::ptr::null_mut(), n, GFP_KERNEL)?;
+        // SAFETY: `pages` has room for `n` page pointers (`n` fits an `i32`: at most
+        // `MAX_PIN_PAGES`); the call pins pages of the current process's memory only.
+        let got =
+            unsafe { raw::vmrs_pin_user_pages(first as _, n as i32, write, pages.as_mut_ptr()) };
+        if got < 0 {
+            return Err(Error::from_errno(got as i32));
+        }
+        let got = got as usize;
+        if got < n {
+            // SAFETY: The call above pinned exactly the first `got` entries.
+            unsafe { raw::unpin_user_pages(pages.as_mut_ptr(), got as _) };
+            return Err(EFAULT);
+        }
+        Ok(Self {
+            pages,
+            offset: addr - first,
+            len,
+            write,
+        })
+    }
+
+    /// The pinned range as guest-physical segments, in order, physically contiguous pages
+    /// merged. Errors: `ENOMEM`.
+    pub(crate) fn segments(&self) -> Result<KVec<Segment>> {
+        let mut out = KVec::new();
+        let mut cur: Option<Segment> = None;
+        let mut left = self.len;
+        for (i, &page) in self.pages.iter().enumerate() {
+            let off = if i == 0 { self.offset } else { 0 };
+            let n = (PAGE_SIZE - off).min(left);
+            left -= n;
+            // SAFETY: `page` was pinned by `pin` and stays pinned while `self` lives.
+            let start = unsafe { raw::vmrs_page_to_phys(page) } + off as u64;
+            match cur.as_mut() {
+                Some(c) if c.start + u64::from(c.len) == start => c.len += n as u32,
+                _ => {
+                    if let Some(c) = cur.take() {
+                        out.push(c, GFP_KERNEL)?;
+                    }
+                    cur = Some(Segment {
+                        start,
+                        len: n as u32,
+                    });
+                }
+            }
+        }
+        if let Some(c) = cur {
+            out.push(c, GFP_KERNEL)?;
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for UserPages {
+    fn drop(&mut self) {
+        // SAFETY: Every entry was pinned by `pin` and is unpinned once, here.
+        unsafe {
+            raw::unpin_user_pages_dirty_lock(
+                self.pages.as_mut_ptr(),
+                self.pages.len() as _,
+                self.write,
+            )
+        };
     }
 }
 

@@ -382,6 +382,17 @@ impl_command!(SgEntry {
     reserved: u32
 });
 
+impl SgEntry {
+    /// An entry for `len` bytes of guest memory at guest-physical address `start`.
+    pub const fn new(start: u64, len: u32) -> Self {
+        Self {
+            start: Le64::new(start),
+            len: Le32::new(len),
+            reserved: Le32::new(0),
+        }
+    }
+}
+
 impl CmdHeader {
     /// A header for command `cmd`.
     pub const fn new(cmd: u32) -> Self {
@@ -983,6 +994,21 @@ pub mod plane {
 
 /// `V4L2_MEMORY_MMAP`.
 pub const MEMORY_MMAP: u32 = 1;
+/// `V4L2_MEMORY_USERPTR` (the spec's `VIRTIO_MEDIA_SHARED_PAGES`): user memory, sent to the
+/// device as [`SgEntry`] lists after the payload, in the device-readable part only.
+pub const MEMORY_USERPTR: u32 = 2;
+
+/// Most [`SgEntry`]s one command carries: 4096 (64 KiB of device-readable bytes; 16 MiB of
+/// memory even when no two pages are physically contiguous).
+pub const MAX_SG_ENTRIES: usize = 4096;
+
+/// Offsets in the packed 20-byte `struct v4l2_ext_control`.
+pub mod ext_ctrl {
+    /// `__u32 size`: payload size in bytes; non-zero means `ptr` points at the payload.
+    pub const SIZE: usize = 4;
+    /// The `value`/`value64`/`ptr` union, 8 bytes.
+    pub const PTR: usize = 12;
+}
 
 /// Queue a buffer type belongs to, for types that stream.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

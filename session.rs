@@ -16,12 +16,14 @@
 use kernel::{
     prelude::*,
     rbtree::RBTreeNode,
-    sync::{Arc, CondVar, CondVarTimeoutResult},
+    sync::{Arc, CondVar, CondVarTimeoutResult, Mutex},
     time::msecs_to_jiffies,
     uaccess::UserSlice,
 };
 
-use crate::ffi::{dev_warn_rl, new_irq_spinlock, Chain, DmaBuf, FileHandle, IrqSpinLock};
+use crate::ffi::{
+    dev_warn_rl, new_irq_spinlock, Chain, DmaBuf, FileHandle, IrqSpinLock, UserPages,
+};
 use crate::protocol::{self, Command, IoctlOutcome};
 use crate::VirtioMedia;
 
@@ -287,6 +289,23 @@ struct SessionState {
     queues: [QueueState; 2],
 }
 
+/// A USERPTR buffer handed to the device (QBUF/PREPARE_BUF): its pinned planes, kept until
+/// the device gives the buffer back (DQBUF, STREAMOFF, REQBUFS) or the session is closed.
+struct PinnedBuf {
+    /// [`protocol::Queue`] index.
+    queue: usize,
+    /// `v4l2_buffer.index`.
+    index: u32,
+    /// `m.userptr` of the buffer (single-planar) or of each plane, as user space gave them:
+    /// DQBUF reports them back (the device's DQBUF event carries no pointers).
+    userptr: [u64; protocol::MAX_PLANES],
+    /// The pinned planes.
+    pins: KVec<UserPages>,
+}
+
+/// Most USERPTR buffers pinned per session: V4L2's `VIDEO_MAX_FRAME` (64) per queue.
+const MAX_PINNED_BUFS: usize = 128;
+
 /// `v4l2_requestbuffers.count` / `v4l2_create_buffers.index` and `.count` offsets.
 mod bufreq {
     pub(super) const COUNT: usize = 0;
@@ -307,6 +326,10 @@ pub(crate) struct Session {
     id: u32,
     #[pin]
     state: IrqSpinLock<SessionState>,
+    /// USERPTR buffers the device holds, [`MAX_PINNED_BUFS`] slots allocated at open.
+    /// Process context only (unpinning may sleep).
+    #[pin]
+    pinned: Mutex<KVec<Option<PinnedBuf>>>,
 }
 
 impl Session {
@@ -351,13 +374,14 @@ impl Session {
             Err(e) => return Err(media.bad_response("OPEN", e)),
         };
         let media2 = media.clone();
-        let (capture_q, output_q) = match (QueueState::new(), QueueState::new()) {
-            (Ok(c), Ok(o)) => (c, o),
-            (Err(e), _) | (_, Err(e)) => {
-                send_close(&media, id);
-                return Err(e);
-            }
-        };
+        let (capture_q, output_q, pinned_slots) =
+            match (QueueState::new(), QueueState::new(), pinned_slots()) {
+                (Ok(c), Ok(o), Ok(p)) => (c, o, p),
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                    send_close(&media, id);
+                    return Err(e);
+                }
+            };
         let session = Arc::pin_init(
             pin_init!(Session {
                 handle <- FileHandle::new(),
@@ -371,6 +395,7 @@ impl Session {
                     },
                     "virtio_media:session"
                 ),
+                pinned <- kernel::new_mutex!(pinned_slots, "virtio_media:pinned"),
             }),
             GFP_KERNEL,
         );
@@ -399,9 +424,118 @@ impl Session {
         Ok(session)
     }
 
-    /// Closes the session (`VIRTIO_MEDIA_CMD_CLOSE`, sent once), after [`Self::begin_release`].
+    /// Closes the session (`VIRTIO_MEDIA_CMD_CLOSE`, sent once), after [`Self::begin_release`],
+    /// and unpins its USERPTR buffers once the device has closed it (or is gone); if the
+    /// device never answered, they stay pinned until it is reset.
     pub(crate) fn close(&self) {
-        send_close(&self.media, self.id);
+        let closed = send_close(&self.media, self.id);
+        let mut slots = self.pinned.lock();
+        for slot in slots.iter_mut() {
+            if let Some(b) = slot.take() {
+                if closed {
+                    drop(b);
+                } else {
+                    self.media.orphan_pins(b.pins);
+                }
+            }
+        }
+    }
+
+    /// Unpins the USERPTR buffers of queue `q`: the device has given them all back
+    /// (STREAMOFF, REQBUFS answered).
+    fn release_pinned(&self, q: usize) {
+        let mut slots = self.pinned.lock();
+        for slot in slots.iter_mut() {
+            if slot.as_ref().is_some_and(|b| b.queue == q) {
+                drop(slot.take());
+            }
+        }
+    }
+
+    /// Pins the planes of a USERPTR `v4l2_buffer` `b` (`planes` for multi-planar types) for
+    /// QBUF/PREPARE_BUF and returns them with their SG list (spec: `virtio_media_sg_entry`s
+    /// for each plane in order, after the payload, device-readable only).
+    ///
+    /// Errors: `EINVAL` (unknown queue, index beyond the buffers the device allocated, no
+    /// planes, a plane of 0 bytes or more than 16 MiB, more than
+    /// [`protocol::MAX_SG_ENTRIES`] entries), `EFAULT` (memory that cannot be pinned),
+    /// `ENOMEM`.
+    fn pin_buffer(&self, b: &[u8], planes: &[u8], multi: bool) -> Result<(PinnedBuf, KVec<u8>)> {
+        use protocol::{buf, get_u32, get_u64, plane};
+        let buf_type = get_u32(b, buf::TYPE).ok_or(EINVAL)?;
+        let q = protocol::queue_of(buf_type).ok_or(EINVAL)? as usize;
+        let index = get_u32(b, buf::INDEX).ok_or(EINVAL)?;
+        if index >= self.state.lock().queues[q].num_buffers {
+            return Err(EINVAL);
+        }
+        let write = q == protocol::Queue::Capture as usize;
+        let mut ranges = [(0u64, 0u32); protocol::MAX_PLANES];
+        let n = if multi {
+            let n = get_u32(b, buf::LENGTH).ok_or(EINVAL)? as usize;
+            if n == 0 || n > protocol::MAX_PLANES || planes.len() < n * plane::SIZE {
+                return Err(EINVAL);
+            }
+            for (i, r) in ranges.iter_mut().take(n).enumerate() {
+                let p = &planes[i * plane::SIZE..(i + 1) * plane::SIZE];
+                *r = (
+                    get_u64(p, plane::M).ok_or(EINVAL)?,
+                    get_u32(p, plane::LENGTH).ok_or(EINVAL)?,
+                );
+            }
+            n
+        } else {
+            ranges[0] = (
+                get_u64(b, buf::M).ok_or(EINVAL)?,
+                get_u32(b, buf::LENGTH).ok_or(EINVAL)?,
+            );
+            1
+        };
+        let mut pinned = PinnedBuf {
+            queue: q,
+            index,
+            userptr: [0; protocol::MAX_PLANES],
+            pins: KVec::with_capacity(n, GFP_KERNEL)?,
+        };
+        let mut sg = KVec::new();
+        for (i, &(addr, len)) in ranges.iter().take(n).enumerate() {
+            pinned.userptr[i] = addr;
+            let pages = UserPages::pin(addr as usize, len as usize, write)?;
+            append_sg(&mut sg, &pages)?;
+            pinned.pins.push(pages, GFP_KERNEL)?;
+        }
+        Ok((pinned, sg))
+    }
+
+    /// Keeps `b` until the device gives the buffer back, replacing an older entry for the
+    /// same buffer (the device accepted this one, so it no longer holds that). With every
+    /// slot taken, `b` goes to [`VirtioMedia::orphan_pins`] (kept until the device reset).
+    fn keep_pinned(&self, b: PinnedBuf) {
+        let mut slots = self.pinned.lock();
+        let same = slots.iter().position(|o| {
+            o.as_ref()
+                .is_some_and(|o| o.queue == b.queue && o.index == b.index)
+        });
+        let free = same.or_else(|| slots.iter().position(|o| o.is_none()));
+        match free.and_then(|i| slots.get_mut(i)) {
+            Some(slot) => {
+                let old = slot.replace(b);
+                drop(slots);
+                drop(old);
+            }
+            None => {
+                drop(slots);
+                self.media.orphan_pins(b.pins);
+            }
+        }
+    }
+
+    /// Takes the pinned entry of buffer `index` of queue `q` (its DQBUF).
+    fn take_pinned(&self, q: usize, index: u32) -> Option<PinnedBuf> {
+        let mut slots = self.pinned.lock();
+        slots
+            .iter_mut()
+            .find(|o| o.as_ref().is_some_and(|o| o.queue == q && o.index == index))
+            .and_then(|o| o.take())
     }
 
     /// Marks the session failed with `errno`: later commands return it.
@@ -603,6 +737,7 @@ impl Session {
                 }
                 drop(st);
                 copy_done(&d, b, planes, n);
+                self.restore_userptr(q, b, planes, n);
                 return Ok(());
             }
             drop(st);
@@ -611,6 +746,27 @@ impl Session {
             }
             self.handle.wait_interruptible(|| self.dqbuf_ready(q))?;
         }
+    }
+
+    /// After DQBUF of a USERPTR buffer: its pages are the user's again (unpinned), and its
+    /// `m.userptr` values (of the buffer, or of its `n` planes) are those user space queued.
+    fn restore_userptr(&self, q: usize, b: &mut [u8], planes: &mut [u8], n: usize) {
+        use protocol::{buf, plane};
+        if protocol::get_u32(b, buf::MEMORY) != Some(protocol::MEMORY_USERPTR) {
+            return;
+        }
+        let index = protocol::get_u32(b, buf::INDEX).unwrap_or(u32::MAX);
+        let Some(p) = self.take_pinned(q, index) else {
+            return;
+        };
+        if n == 0 {
+            let _ = protocol::put_u64(b, buf::M, p.userptr[0]);
+        } else {
+            for (i, m) in p.userptr.iter().take(n).enumerate() {
+                let _ = protocol::put_u64(planes, i * plane::SIZE + plane::M, *m);
+            }
+        }
+        drop(p);
     }
 
     /// Whether a DQBUF on queue `q` would not block.
@@ -666,6 +822,20 @@ impl Session {
     /// device writes appended plane arrays only as far as the buffer has planes); whatever
     /// the device wrote is copied back.
     fn ioctl_min(&self, nr: u8, parts: &mut [&mut [u8]], required: usize) -> Result {
+        self.ioctl_ext(nr, parts, required, &[])?
+    }
+
+    /// [`Self::ioctl_min`] with `extra` device-readable bytes after the payload (SG lists),
+    /// telling apart the device's answer (`Ok(Err(errno))`: the device refused and holds
+    /// nothing) from a command without a valid answer (`Err`: interrupted, timed out,
+    /// malformed response, device gone; the device may or may not have acted on it).
+    fn ioctl_ext(
+        &self,
+        nr: u8,
+        parts: &mut [&mut [u8]],
+        required: usize,
+        extra: &[u8],
+    ) -> Result<Result> {
         self.check_usable()?;
         let streamon = match parts.first() {
             Some(p) if nr == protocol::nr::STREAMON => {
@@ -676,17 +846,25 @@ impl Session {
         if let Some(q) = streamon {
             self.state.lock().queues[q as usize].streamon_pending = true;
         }
-        let ret = self.ioctl_send(nr, parts, required);
-        if let (Some(q), Err(_)) = (streamon, &ret) {
-            self.state.lock().queues[q as usize].streamon_pending = false;
+        let ret = self.ioctl_send(nr, parts, required, extra);
+        if let Some(q) = streamon {
+            if !matches!(ret, Ok(Ok(()))) {
+                self.state.lock().queues[q as usize].streamon_pending = false;
+            }
         }
         ret
     }
 
-    fn ioctl_send(&self, nr: u8, parts: &mut [&mut [u8]], required: usize) -> Result {
+    fn ioctl_send(
+        &self,
+        nr: u8,
+        parts: &mut [&mut [u8]],
+        required: usize,
+        extra: &[u8],
+    ) -> Result<Result> {
         let info = protocol::ioctl_info(nr).ok_or(ENOTTY)?;
         let total = parts.iter().map(|p| p.len()).sum::<usize>();
-        let layout = protocol::ChainLayout::ioctl(info.dir, total, 0).ok_or(EINVAL)?;
+        let layout = protocol::ChainLayout::ioctl(info.dir, total, extra.len()).ok_or(EINVAL)?;
         let mut out = DmaBuf::new(layout.readable)?;
         let cmd_len = protocol::CmdIoctl::SIZE;
         protocol::CmdIoctl::new(self.id, u32::from(nr))
@@ -699,6 +877,8 @@ impl Session {
                 off += p.len();
             }
         }
+        let extra_at = layout.readable - extra.len();
+        out.bytes_mut()[extra_at..].copy_from_slice(extra);
         let req = self.media.send(out, layout.writable)?;
         let (resp, used) = req.wait()?;
         let (payload_len, required) = if info.dir.from_device() {
@@ -727,59 +907,99 @@ impl Session {
                 }
                 if let Some(main) = parts.first() {
                     self.after_ioctl(nr, main);
+                    // The device has given back every buffer of the queue.
+                    let type_at = match nr {
+                        protocol::nr::STREAMOFF => Some(0),
+                        protocol::nr::REQBUFS => Some(bufreq::TYPE),
+                        _ => None,
+                    };
+                    let q = type_at
+                        .and_then(|off| protocol::get_u32(main, off))
+                        .and_then(protocol::queue_of);
+                    if let Some(q) = q {
+                        self.release_pinned(q as usize);
+                    }
                 }
-                Ok(())
+                Ok(Ok(()))
             }
-            IoctlOutcome::Err { errno, .. } => Err(device_error(errno)),
+            IoctlOutcome::Err { errno, .. } => Ok(Err(device_error(errno))),
         }
     }
 
     /// `QBUF`, `QUERYBUF`, `PREPARE_BUF`: the `v4l2_buffer` `b`, followed for multi-planar
     /// types by its `planes` (spec: the planes array follows the struct in both directions).
-    /// The `m` values user space passed (`m.planes`, and `m.userptr`/`m.fd` of buffer and
-    /// planes) come back unchanged; MMAP offsets are the device's.
+    /// The `m` values user space passed (`m.planes`, and `m.userptr` of buffer and planes)
+    /// come back unchanged; MMAP offsets are the device's.
     ///
-    /// Errors: `EINVAL` for USERPTR and DMABUF memory (not supported yet), and those of
-    /// [`Self::ioctl`].
+    /// USERPTR buffers (QBUF, PREPARE_BUF): every plane's memory is pinned and described to
+    /// the device by `virtio_media_sg_entry` lists after the payload (device-readable part
+    /// only); the pins are kept until the device gives the buffer back (DQBUF, STREAMOFF,
+    /// REQBUFS) or the session is closed, or at once dropped if the device refuses it.
+    ///
+    /// Errors: `EINVAL` for DMABUF memory (not supported yet) and bad USERPTR buffers,
+    /// `EFAULT` for USERPTR memory that cannot be pinned (see [`UserPages::pin`]), and those
+    /// of [`Self::ioctl`].
     pub(crate) fn buf_ioctl(&self, nr: u8, b: &mut [u8], planes: &mut [u8]) -> Result {
-        let memory = protocol::get_u32(b, protocol::buf::MEMORY).ok_or(EINVAL)?;
-        if memory != protocol::MEMORY_MMAP && nr != protocol::nr::QUERYBUF {
+        use protocol::{buf, plane};
+        let memory = protocol::get_u32(b, buf::MEMORY).ok_or(EINVAL)?;
+        let userptr = memory == protocol::MEMORY_USERPTR;
+        if memory != protocol::MEMORY_MMAP && !userptr && nr != protocol::nr::QUERYBUF {
             return Err(EINVAL);
         }
-        let multi = protocol::get_u32(b, protocol::buf::TYPE)
+        let multi = protocol::get_u32(b, buf::TYPE)
             .map(protocol::buf_type_is_multiplanar)
             .unwrap_or(false);
         let planes: &mut [u8] = if multi { planes } else { &mut [] };
+        let (pinned, sg) = if userptr && nr != protocol::nr::QUERYBUF {
+            let (p, sg) = self.pin_buffer(b, planes, multi)?;
+            (Some(p), sg)
+        } else {
+            (None, KVec::new())
+        };
         let mut saved_m = [0u8; 8];
-        saved_m.copy_from_slice(&b[protocol::buf::M..protocol::buf::M + 8]);
+        saved_m.copy_from_slice(&b[buf::M..buf::M + 8]);
+        let mut plane_m = [0u64; protocol::MAX_PLANES];
+        for (i, m) in plane_m.iter_mut().enumerate() {
+            *m = protocol::get_u64(planes, i * plane::SIZE + plane::M).unwrap_or(0);
+        }
         let get = |b: &[u8], off| protocol::get_u32(b, off).unwrap_or(0);
-        let (ty, mem, len) = (
-            get(b, protocol::buf::TYPE),
-            memory,
-            get(b, protocol::buf::LENGTH),
-        );
-        let ret = self.ioctl_min(nr, &mut [&mut *b, &mut *planes], protocol::buf::SIZE);
+        let (ty, mem, len) = (get(b, buf::TYPE), memory, get(b, buf::LENGTH));
+        let ret = self.ioctl_ext(nr, &mut [&mut *b, &mut *planes], buf::SIZE, &sg);
         // The V4L2 core sized the planes array (and its 32-bit compat copy) from the caller's
         // values: the device may not change the type, the memory or, for multi-planar
         // buffers, raise the plane count.
-        let bad = get(b, protocol::buf::TYPE) != ty
-            || (nr != protocol::nr::QUERYBUF && get(b, protocol::buf::MEMORY) != mem)
-            || (multi && get(b, protocol::buf::LENGTH) > len);
+        let bad = get(b, buf::TYPE) != ty
+            || (nr != protocol::nr::QUERYBUF && get(b, buf::MEMORY) != mem)
+            || (multi && get(b, buf::LENGTH) > len);
         if bad {
             dev_warn_rl!(
                 self.media.dev(),
                 "ioctl {}: device changed the buffer's type/memory/planes",
                 nr
             );
-            let _ = protocol::put_u32(b, protocol::buf::TYPE, ty);
-            let _ = protocol::put_u32(b, protocol::buf::MEMORY, mem);
+            let _ = protocol::put_u32(b, buf::TYPE, ty);
+            let _ = protocol::put_u32(b, buf::MEMORY, mem);
             if multi {
-                let _ = protocol::put_u32(b, protocol::buf::LENGTH, len);
+                let _ = protocol::put_u32(b, buf::LENGTH, len);
             }
         }
-        if multi {
-            b[protocol::buf::M..protocol::buf::M + 8].copy_from_slice(&saved_m);
+        if multi || (userptr && nr != protocol::nr::QUERYBUF) {
+            b[buf::M..buf::M + 8].copy_from_slice(&saved_m);
         }
+        if userptr && nr != protocol::nr::QUERYBUF {
+            for (i, m) in plane_m.iter().enumerate() {
+                let _ = protocol::put_u64(planes, i * plane::SIZE + plane::M, *m);
+            }
+        }
+        if let Some(p) = pinned {
+            match ret {
+                // The device refused the buffer: it holds nothing.
+                Ok(Err(_)) => drop(p),
+                // Taken, or unknown: keep the pages until the device gives the buffer back.
+                _ => self.keep_pinned(p),
+            }
+        }
+        let ret = ret.and_then(|r| r);
         if bad && ret.is_ok() {
             return Err(EIO);
         }
@@ -788,21 +1008,57 @@ impl Session {
 
     /// `G/S/TRY_EXT_CTRLS`: `head` is the `v4l2_ext_controls`, `controls` its array.
     ///
-    /// Controls with a `ptr` payload (`size > 0`) need SG lists of user memory, which this
-    /// driver does not send yet: such a request fails with `EINVAL` and `error_idx = count`
-    /// (V4L2's "failed before any control was touched") without reaching the device.
+    /// Controls with a payload (`size > 0`: strings, arrays, compound controls) have their
+    /// user memory at `ptr` pinned for the command and described by `virtio_media_sg_entry`
+    /// lists after the array (device-readable part only, in the order of the controls); the
+    /// `ptr` values come back unchanged. Pins of a command that times out or is interrupted
+    /// stay until the device is reset (it may still write them).
+    ///
+    /// Errors: `EFAULT`/`EINVAL` for payloads that cannot be pinned (see [`UserPages::pin`])
+    /// or need more than [`protocol::MAX_SG_ENTRIES`] entries, and those of [`Self::ioctl`].
     pub(crate) fn ext_ctrls(&self, nr: u8, head: &mut [u8], controls: &mut [u8]) -> Result {
-        // v4l2_ext_control: id@0 size@4 reserved2@8 value@12 (packed, 20 bytes).
-        let count = controls.len() / protocol::V4L2_EXT_CONTROL_SIZE;
-        // The V4L2 core has set `error_idx = count` before calling us.
-        let _ = count;
-        if controls
-            .chunks(protocol::V4L2_EXT_CONTROL_SIZE)
-            .any(|c| protocol::get_u32(c, 4).unwrap_or(0) != 0)
-        {
-            return Err(EINVAL);
+        use protocol::ext_ctrl;
+        let size = protocol::V4L2_EXT_CONTROL_SIZE;
+        // The device writes G/TRY payloads; S payloads are only read.
+        let write = nr != protocol::nr::S_EXT_CTRLS;
+        let mut pins = KVec::new();
+        let mut sg = KVec::new();
+        for c in controls.chunks(size) {
+            let len = protocol::get_u32(c, ext_ctrl::SIZE).unwrap_or(0);
+            if len == 0 {
+                continue;
+            }
+            let ptr = protocol::get_u64(c, ext_ctrl::PTR).ok_or(EINVAL)?;
+            let pages = UserPages::pin(ptr as usize, len as usize, write)?;
+            append_sg(&mut sg, &pages)?;
+            pins.push(pages, GFP_KERNEL)?;
         }
-        self.ioctl(nr, &mut [head, controls])
+        if pins.is_empty() {
+            return self.ioctl(nr, &mut [head, controls]);
+        }
+        // The user pointers of the payload controls, to restore after the device's answer.
+        let mut ptrs = KVec::with_capacity(controls.len() / size, GFP_KERNEL)?;
+        for c in controls.chunks(size) {
+            let ptr = match protocol::get_u32(c, ext_ctrl::SIZE) {
+                Some(0) | None => None,
+                Some(_) => protocol::get_u64(c, ext_ctrl::PTR),
+            };
+            ptrs.push(ptr, GFP_KERNEL)?;
+        }
+        let total = head.len() + controls.len();
+        let ret = self.ioctl_ext(nr, &mut [head, controls], total, &sg);
+        for (c, ptr) in controls.chunks_mut(size).zip(ptrs.iter()) {
+            if let Some(ptr) = ptr {
+                let _ = protocol::put_u64(c, ext_ctrl::PTR, *ptr);
+            }
+        }
+        match &ret {
+            Err(e) if *e == EINTR || *e == ERESTARTSYS || e.to_errno() == -110 => {
+                self.media.orphan_pins(pins)
+            }
+            _ => drop(pins),
+        }
+        ret.and_then(|r| r)
     }
 
     /// Forwards an ioctl straight from user memory (used for the standard ioctls the V4L2
@@ -837,7 +1093,8 @@ impl Session {
 
 /// Sends `VIRTIO_MEDIA_CMD_CLOSE` for `id` (no response) and waits for the device to take it,
 /// so a following open sees the session gone. Errors are only logged: the file is going away.
-fn send_close(media: &VirtioMedia, id: u32) {
+/// Returns whether the device no longer has the session: it took the CLOSE, or it is gone.
+fn send_close(media: &VirtioMedia, id: u32) -> bool {
     let res = DmaBuf::new(protocol::CmdClose::SIZE).and_then(|mut out| {
         protocol::CmdClose::new(id)
             .encode(out.bytes_mut())
@@ -845,9 +1102,12 @@ fn send_close(media: &VirtioMedia, id: u32) {
         let req = media.send(out, 0)?;
         req.wait().map(|_| ())
     });
-    if let Err(e) = res {
-        if e != ENODEV {
+    match res {
+        Ok(()) => true,
+        Err(e) if e == ENODEV => true,
+        Err(e) => {
             dev_warn_rl!(media.dev(), "CLOSE of session {} failed: {:?}", id, e);
+            false
         }
     }
 }
@@ -867,4 +1127,32 @@ fn copy_done(d: &DoneBuf, b: &mut [u8], planes: &mut [u8], n: usize) {
         let len = n * protocol::plane::SIZE;
         planes[..len].copy_from_slice(&d.0[protocol::buf::SIZE..protocol::buf::SIZE + len]);
     }
+}
+
+/// [`MAX_PINNED_BUFS`] empty slots for a session's USERPTR buffers. Errors: `ENOMEM`.
+fn pinned_slots() -> Result<KVec<Option<PinnedBuf>>> {
+    let mut v = KVec::with_capacity(MAX_PINNED_BUFS, GFP_KERNEL)?;
+    for _ in 0..MAX_PINNED_BUFS {
+        v.push(None, GFP_KERNEL)?;
+    }
+    Ok(v)
+}
+
+/// Appends the SG entries of `pages` to `sg`. Errors: `EINVAL` beyond
+/// [`protocol::MAX_SG_ENTRIES`] entries in all, `ENOMEM`.
+fn append_sg(sg: &mut KVec<u8>, pages: &UserPages) -> Result {
+    use protocol::Command;
+    let segs = pages.segments()?;
+    let size = protocol::SgEntry::SIZE;
+    if sg.len() / size + segs.len() > protocol::MAX_SG_ENTRIES {
+        return Err(EINVAL);
+    }
+    let mut e = [0u8; 16];
+    for seg in segs.iter() {
+        protocol::SgEntry::new(seg.start, seg.len)
+            .encode(&mut e)
+            .ok_or(EINVAL)?;
+        sg.extend_from_slice(&e[..size], GFP_KERNEL)?;
+    }
+    Ok(())
 }

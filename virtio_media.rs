@@ -10,11 +10,15 @@
 //! device session and the command path, `ffi` every call into C. This file holds the
 //! per-device state: the commandq, the eventq and its bottom half, probe and remove.
 
+// `pin_init!` of `VirtioMedia` (many fields, nested lock initialisers) needs more than the
+// default 128 levels of macro expansion.
+#![recursion_limit = "256"]
+
 use kernel::{
     c_str,
     prelude::*,
     rbtree::RBTree,
-    sync::{Arc, CondVar},
+    sync::{Arc, CondVar, Mutex},
 };
 
 mod ffi;
@@ -24,7 +28,7 @@ mod session;
 
 use ffi::{
     dev_err, dev_info, dev_warn_rl, new_irq_spinlock, BhWork, Chain, DevRef, Direction, DmaBuf,
-    IrqSpinLock, VideoNode, VirtioDevice, VirtioDriver,
+    IrqSpinLock, UserPages, VideoNode, VirtioDevice, VirtioDriver,
 };
 use protocol::{config, Event};
 use session::Session;
@@ -111,9 +115,41 @@ pub(crate) struct VirtioMedia {
     spaces: IrqSpinLock<Spaces>,
     card: [u8; config::CARD_LEN],
     bus_info: [u8; 32],
+    /// Pinned user memory the device may still access although its owner is gone (a
+    /// command that timed out, a CLOSE never answered): unpinned by `remove` after the reset.
+    #[pin]
+    orphans: Mutex<Orphans>,
+}
+
+/// See [`VirtioMedia::orphan_pins`].
+struct Orphans {
+    /// `remove` has reset the device: nothing needs keeping any more.
+    gone: bool,
+    pins: KVec<UserPages>,
 }
 
 impl VirtioMedia {
+    /// Keeps `pins` pinned until the device is reset (`remove`): the device may still access
+    /// them (their command timed out or was interrupted, or their session's CLOSE was never
+    /// answered). After `remove` they are unpinned at once. Process context only.
+    pub(crate) fn orphan_pins(&self, pins: KVec<UserPages>) {
+        if pins.is_empty() {
+            return;
+        }
+        let mut o = self.orphans.lock();
+        if o.gone {
+            drop(o);
+            drop(pins);
+            return;
+        }
+        for p in pins {
+            if let Err(kernel::alloc::AllocError) = o.pins.push(p, GFP_KERNEL) {
+                // Out of memory: better never unpin than unpin under a live device.
+                dev_warn_rl!(self.dev(), "out of memory: user pages stay pinned");
+            }
+        }
+    }
+
     /// The V4L2 objects.
     pub(crate) fn node(&self) -> &VideoNode {
         &self.node
@@ -446,6 +482,10 @@ pub(crate) fn probe(vdev: &VirtioDevice) -> Result {
             spaces <- new_irq_spinlock!(Spaces { list: [None, None, None, None], removed: false }, "virtio_media:spaces"),
             card: cfg.card,
             bus_info: bus_info_for(vdev),
+            orphans <- kernel::new_mutex!(
+                Orphans { gone: false, pins: KVec::new() },
+                "virtio_media:orphans"
+            ),
         }),
         GFP_KERNEL,
     )?;
@@ -521,5 +561,12 @@ pub(crate) fn remove(vdev: &VirtioDevice) {
     // queued the work after `shutdown_queues` cancelled it; `del_vqs` freed the IRQs, so no
     // callback runs any more.
     media.event_work.cancel_sync();
+    // The device no longer accesses guest memory: unpin what timed-out commands left.
+    let pins = {
+        let mut o = media.orphans.lock();
+        o.gone = true;
+        core::mem::take(&mut o.pins)
+    };
+    drop(pins);
     drop(media);
 }

@@ -26,6 +26,16 @@ fn command_encodings_match_spec_layout() {
     assert_eq!(enc(&u), [5, 0, 0, 0, 0, 0, 0, 0, 0, 0x20, 0, 0, 1, 0, 0, 0]);
     let sg = SgEntry { start: Le64::new(0x1234_5000), len: Le32::new(4096), reserved: Le32::new(0) };
     assert_eq!(enc(&sg), [0, 0x50, 0x34, 0x12, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 0, 0]);
+    // SgEntry::new: reserved is 0.
+    let sg = SgEntry::new(0xAB_0000_0123, 0x0203);
+    assert_eq!(enc(&sg), [0x23, 0x01, 0, 0, 0xAB, 0, 0, 0, 0x03, 0x02, 0, 0, 0, 0, 0, 0]);
+    // USERPTR QBUF chain: command + v4l2_buffer + 2 planes + 3 SG entries readable;
+    // response + v4l2_buffer + 2 planes writable (the SG lists are device-readable only).
+    let l = ChainLayout::ioctl(Dir::ReadWrite, 88 + 2 * 64, 3 * 16).unwrap();
+    assert_eq!((l.readable, l.writable), (16 + 216 + 48, 8 + 216));
+    // videodev2.h: V4L2_MEMORY_USERPTR = 2; v4l2_ext_control: size @4, union @12 (packed).
+    assert_eq!(MEMORY_USERPTR, 2);
+    assert_eq!((ext_ctrl::SIZE, ext_ctrl::PTR), (4, 12));
 }
 
 #[test]
