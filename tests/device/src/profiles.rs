@@ -46,26 +46,32 @@ pub const PROFILES: &[Profile] = &[
     },
     Profile {
         name: "capture",
-        summary: "TestDevice: single-planar capture (VIDEO_CAPTURE|STREAMING), YUYV/RGB3/NV12 at \
+        summary: "TestDevice: single-planar capture (VIDEO_CAPTURE|STREAMING), YUYV/RGB3/YU12 at \
                   640x480 and 320x240, one input, MMAP and USERPTR, pattern frames",
         serve: capture,
     },
     Profile {
         name: "capture-mp",
-        summary: "TestDevice: multi-planar capture (VIDEO_CAPTURE_MPLANE|STREAMING), NM12 \
-                  (2 planes), YM12 (3 planes), YUYV (1 plane), MMAP and USERPTR",
+        summary: "TestDevice: multi-planar capture (VIDEO_CAPTURE_MPLANE|STREAMING), YM12 \
+                  and YM16 (3 planes), YUYV (1 plane), MMAP and USERPTR",
         serve: capture_mp,
     },
     Profile {
+        name: "capture-nv",
+        summary: "TestDevice: multi-planar capture of NM12 (NV12M, 2 planes) only; \
+                  v4l2-compliance 1.22.1 fails its ENUM_FMT name check (kernel 6.12 renamed it)",
+        serve: capture_nv,
+    },
+    Profile {
         name: "output",
-        summary: "TestDevice: single-planar output (VIDEO_OUTPUT|STREAMING), YUYV/RGB3/NV12, one \
+        summary: "TestDevice: single-planar output (VIDEO_OUTPUT|STREAMING), YUYV/RGB3/YU12, one \
                   output; logs `output frame SEQ bytesused N crc32 HEX` per frame",
         serve: output,
     },
     Profile {
         name: "m2m",
         summary: "TestDevice: loopback M2M (VIDEO_M2M_MPLANE|STREAMING): each OUTPUT payload is \
-                  copied into the next CAPTURE buffer; NM12/YM12/YUYV; per-open contexts",
+                  copied into the next CAPTURE buffer; YM12/YUYV/YM16; per-open contexts",
         serve: m2m,
     },
 ];
@@ -112,9 +118,11 @@ fn capture_mplane_config(card: &str) -> VirtioMediaDeviceConfig {
 }
 
 /// Formats and sizes of the single-planar TestDevice profiles (single-buffer formats only).
-const SP_FORMATS: &[[u8; 4]] = &[*b"YUYV", *b"RGB3", *b"NV12"];
-/// Formats of the multi-planar profiles: 2 planes, 3 planes and a packed one-plane format.
-const MP_FORMATS: &[[u8; 4]] = &[*b"NM12", *b"YM12", *b"YUYV"];
+const SP_FORMATS: &[[u8; 4]] = &[*b"YUYV", *b"RGB3", *b"YU12"];
+/// Formats of the multi-planar profiles: 3 planes (YUV420M, YUV422M) and a packed one-plane
+/// format. No NV12/NV12M: kernel 6.12 names them "Y/UV 4:2:0 ..." while v4l2-compliance 1.22.1
+/// expects "Y/CbCr 4:2:0 ...", so ENUM_FMT fails on any device that offers them.
+const MP_FORMATS: &[[u8; 4]] = &[*b"YM12", *b"YUYV", *b"YM16"];
 const SIZES: &[(u32, u32)] = &[(640, 480), (320, 240)];
 
 pub const CAPTURE: Spec = Spec {
@@ -127,6 +135,12 @@ pub const CAPTURE_MP: Spec = Spec {
     kind: Kind::Capture,
     mplane: true,
     formats: MP_FORMATS,
+    sizes: SIZES,
+};
+pub const CAPTURE_NV: Spec = Spec {
+    kind: Kind::Capture,
+    mplane: true,
+    formats: &[*b"NM12"],
     sizes: SIZES,
 };
 pub const OUTPUT: Spec = Spec {
@@ -158,6 +172,10 @@ fn capture(listener: &mut Listener) -> anyhow::Result<()> {
 
 fn capture_mp(listener: &mut Listener) -> anyhow::Result<()> {
     serve_testdev(listener, CAPTURE_MP, "vmrs capture-mp")
+}
+
+fn capture_nv(listener: &mut Listener) -> anyhow::Result<()> {
+    serve_testdev(listener, CAPTURE_NV, "vmrs capture-nv")
 }
 
 fn output(listener: &mut Listener) -> anyhow::Result<()> {

@@ -163,6 +163,7 @@ pub fn layout(fourcc: &[u8; 4], w: u32, h: u32) -> Option<Vec<PlaneLayout>> {
         b"NV12" | b"YU12" => vec![p(w, w * h * 3 / 2)],
         b"NM12" => vec![p(w, w * h), p(w, w * h / 2)],
         b"YM12" => vec![p(w, w * h), p(w / 2, w * h / 4), p(w / 2, w * h / 4)],
+        b"YM16" => vec![p(w, w * h), p(w / 2, w * h / 2), p(w / 2, w * h / 2)],
         _ => return None,
     })
 }
@@ -176,6 +177,7 @@ fn description(fourcc: &[u8; 4]) -> &'static [u8] {
         b"YU12" => b"Planar YUV 4:2:0",
         b"NM12" => b"Y/UV 4:2:0 (N-C)",
         b"YM12" => b"Planar YUV 4:2:0 (N-C)",
+        b"YM16" => b"Planar YUV 4:2:2 (N-C)",
         _ => b"",
     }
 }
