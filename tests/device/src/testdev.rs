@@ -554,7 +554,9 @@ where
             return Err(libc::EINVAL);
         }
         let sizes: Vec<u32> = b.v4l2.planes_iter().map(|p| *p.length).collect();
-        if q.memory == MemoryType::UserPtr && !(prepare && b.state == BufState::Prepared) {
+        // QBUF of a prepared buffer uses what PREPARE_BUF took (vb2 ignores the new pointers).
+        let prepared = !prepare && b.state == BufState::Prepared;
+        if q.memory == MemoryType::UserPtr && !prepared {
             // The crate reads an SG list for each plane of non-zero length, in plane order.
             let lens: Vec<u32> = buffer.planes_iter().map(|p| *p.length).collect();
             if lens.iter().take(nplanes).any(|&l| l == 0) || regions.len() < nplanes {
@@ -583,7 +585,7 @@ where
             v.set_num_planes(nplanes).map_err(|_| libc::EINVAL)?;
             b.v4l2 = v;
         }
-        if !is_capture(t) {
+        if !is_capture(t) && !prepared {
             let mut used = Vec::with_capacity(nplanes);
             for (p, src) in buffer.planes_iter().take(nplanes).enumerate() {
                 let len = sizes[p];
