@@ -29,8 +29,8 @@ use virtio_media::protocol::{
 };
 use virtio_media::v4l2r::bindings::{self, v4l2_fmtdesc, v4l2_format, v4l2_requestbuffers};
 use virtio_media::v4l2r::ioctl::{
-    BufferCapabilities, BufferField, BufferFlags, MemoryConsistency, V4l2Buffer,
-    V4l2PlanesWithBackingMut,
+    BufferCapabilities, BufferField, BufferFlags, MemoryConsistency, UncheckedV4l2Buffer,
+    V4l2Buffer, V4l2PlanesWithBackingMut,
 };
 use virtio_media::v4l2r::memory::MemoryType;
 use virtio_media::v4l2r::{PixelFormat, QueueDirection, QueueType};
@@ -222,6 +222,38 @@ pub fn crc32(data: &[u8]) -> u32 {
         c = table[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8);
     }
     !c
+}
+
+/// A `V4l2Buffer` of `sizes.len()` planes. (v4l2r 0.0.7's `set_num_planes` panics when it
+/// grows a buffer, so the planes are set on the raw struct.)
+fn new_buffer(
+    t: QueueType,
+    index: u32,
+    memory: MemoryType,
+    sizes: &[u32],
+) -> Result<V4l2Buffer, i32> {
+    let mut raw = bindings::v4l2_buffer {
+        index,
+        type_: t as u32,
+        memory: memory as u32,
+        ..Default::default()
+    };
+    let planes = if t.is_multiplanar() {
+        if sizes.is_empty() || sizes.len() >= bindings::VIDEO_MAX_PLANES as usize {
+            return Err(libc::EINVAL);
+        }
+        raw.length = sizes.len() as u32;
+        let mut planes: [bindings::v4l2_plane; bindings::VIDEO_MAX_PLANES as usize] =
+            Default::default();
+        for (p, &s) in planes.iter_mut().zip(sizes) {
+            p.length = s;
+        }
+        Some(planes)
+    } else {
+        raw.length = *sizes.first().ok_or(libc::EINVAL)?;
+        None
+    };
+    V4l2Buffer::try_from(UncheckedV4l2Buffer(raw, planes)).map_err(|_| libc::EINVAL)
 }
 
 fn is_capture(t: QueueType) -> bool {
@@ -474,8 +506,7 @@ where
         let count = count.min(MAX_BUFFERS.saturating_sub(first));
         let tflags = self.timestamp_flags(q.qtype);
         for index in first..first + count {
-            let mut v4l2 = V4l2Buffer::new(q.qtype, index, memory);
-            v4l2.set_num_planes(sizes.len()).map_err(|_| libc::EINVAL)?;
+            let mut v4l2 = new_buffer(q.qtype, index, memory, sizes)?;
             v4l2.set_field(BufferField::None);
             v4l2.set_flags(tflags);
             let mut planes = Vec::with_capacity(sizes.len());
@@ -582,6 +613,7 @@ where
             let mut v = buffer.clone();
             v.set_flags(b.v4l2.flags());
             v.set_field(BufferField::None);
+            // Shrinks only (num_planes >= nplanes was checked above).
             v.set_num_planes(nplanes).map_err(|_| libc::EINVAL)?;
             b.v4l2 = v;
         }
@@ -606,8 +638,16 @@ where
                     *d = off;
                 }
             }
-            b.v4l2.set_timestamp(buffer.timestamp());
         }
+        // Not done yet: no sequence; a timestamp only on a queued OUTPUT buffer (copied to the
+        // buffers it produces), as vb2 reports them.
+        b.v4l2.set_sequence(0);
+        let ts = if !is_capture(t) && !prepare {
+            buffer.timestamp()
+        } else {
+            bindings::timeval::default()
+        };
+        b.v4l2.set_timestamp(ts);
         Ok(index)
     }
 
@@ -958,8 +998,11 @@ where
         width: u32,
         height: u32,
     ) -> IoctlResult<bindings::v4l2_frmivalenum> {
-        if self.is_m2m()
-            || index > 0
+        if self.is_m2m() {
+            // M2M devices other than encoders have no frame intervals (v4l2-compliance).
+            return Err(libc::ENOTTY);
+        }
+        if index > 0
             || !self
                 .spec
                 .formats
