@@ -20,7 +20,7 @@ use std::os::unix::fs::FileExt;
 use std::time::Instant;
 
 use log::{info, warn};
-use virtio_media::io::{ReadFromDescriptorChain, WriteToDescriptorChain};
+use virtio_media::io::WriteToDescriptorChain;
 use virtio_media::ioctl::{virtio_media_dispatch_ioctl, IoctlResult, VirtioMediaIoctlHandler};
 use virtio_media::memfd::MemFdBuffer;
 use virtio_media::mmap::MmapMappingManager;
@@ -39,6 +39,7 @@ use virtio_media::{
     VirtioMediaGuestMemoryMapper, VirtioMediaHostMemoryMapper,
 };
 
+use crate::chain::{CmdReader, CmdWriter};
 use crate::guestmem::GuestMapper;
 
 /// Most buffers per queue (vb2's `VIDEO_MAX_FRAME`).
@@ -106,6 +107,7 @@ impl Spec {
             fourcc: self.formats.first().copied().unwrap_or(*b"YUYV"),
             width,
             height,
+            color: Colorimetry::default(),
         }
     }
 
@@ -129,16 +131,40 @@ impl Spec {
             fourcc,
             width,
             height,
+            color: Colorimetry::default(),
         }
     }
 }
 
-/// A configured format: fourcc and frame size.
+/// A configured format: fourcc, frame size and colorimetry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Format {
     pub fourcc: [u8; 4],
     pub width: u32,
     pub height: u32,
+    pub color: Colorimetry,
+}
+
+/// `colorspace`, `xfer_func`, `ycbcr_enc`, `quantization` of a format. Fixed (sRGB, the rest
+/// default) except on M2M queues, where OUTPUT takes what S_FMT asks and CAPTURE follows it
+/// (a loopback does not convert).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Colorimetry {
+    pub colorspace: u32,
+    pub xfer_func: u32,
+    pub ycbcr_enc: u32,
+    pub quantization: u32,
+}
+
+impl Default for Colorimetry {
+    fn default() -> Self {
+        Self {
+            colorspace: bindings::v4l2_colorspace_V4L2_COLORSPACE_SRGB,
+            xfer_func: 0,
+            ycbcr_enc: 0,
+            quantization: 0,
+        }
+    }
 }
 
 /// One plane of a format: bytes per line and size in bytes.
@@ -254,6 +280,24 @@ fn new_buffer(
         None
     };
     V4l2Buffer::try_from(UncheckedV4l2Buffer(raw, planes)).map_err(|_| libc::EINVAL)
+}
+
+/// What an M2M OUTPUT queue accepts: any colorspace of videodev2.h (else sRGB), transfer
+/// function, Y'CbCr encoding and quantization within their enums (else default, 0).
+fn sane_colorimetry(c: Colorimetry) -> Colorimetry {
+    // V4L2_COLORSPACE_SMPTE170M (1) ..= V4L2_COLORSPACE_DCI_P3 (12); XFER_FUNC up to SMPTE2084
+    // (7); YCBCR_ENC up to SMPTE240M (8); QUANTIZATION up to LIM_RANGE (2).
+    let ok = |v: u32, max: u32| if v <= max { v } else { 0 };
+    Colorimetry {
+        colorspace: if (1..=12).contains(&c.colorspace) {
+            c.colorspace
+        } else {
+            bindings::v4l2_colorspace_V4L2_COLORSPACE_SRGB
+        },
+        xfer_func: ok(c.xfer_func, 7),
+        ycbcr_enc: ok(c.ycbcr_enc, 8),
+        quantization: ok(c.quantization, 2),
+    }
 }
 
 fn is_capture(t: QueueType) -> bool {
@@ -435,8 +479,13 @@ where
                 height: fmt.height,
                 pixelformat,
                 field: bindings::v4l2_field_V4L2_FIELD_NONE,
-                colorspace: bindings::v4l2_colorspace_V4L2_COLORSPACE_SRGB,
+                colorspace: fmt.color.colorspace,
                 num_planes: planes.len() as u8,
+                __bindgen_anon_1: bindings::v4l2_pix_format_mplane__bindgen_ty_1 {
+                    ycbcr_enc: fmt.color.ycbcr_enc as u8,
+                },
+                quantization: fmt.color.quantization as u8,
+                xfer_func: fmt.color.xfer_func as u8,
                 ..Default::default()
             };
             for (dst, src) in pix.plane_fmt.iter_mut().zip(&planes) {
@@ -453,7 +502,12 @@ where
                 field: bindings::v4l2_field_V4L2_FIELD_NONE,
                 bytesperline: p.bytesperline,
                 sizeimage: p.sizeimage,
-                colorspace: bindings::v4l2_colorspace_V4L2_COLORSPACE_SRGB,
+                colorspace: fmt.color.colorspace,
+                __bindgen_anon_1: bindings::v4l2_pix_format__bindgen_ty_1 {
+                    ycbcr_enc: fmt.color.ycbcr_enc,
+                },
+                quantization: fmt.color.quantization,
+                xfer_func: fmt.color.xfer_func,
                 ..Default::default()
             };
         }
@@ -461,18 +515,43 @@ where
     }
 
     /// The format the device picks for a S_FMT/TRY_FMT request.
-    fn try_format(&self, t: QueueType, f: &v4l2_format) -> Format {
-        let (pixfmt, w, h) = if t.is_multiplanar() {
+    fn try_format(&self, s: &TestSession, t: QueueType, f: &v4l2_format) -> Format {
+        let (pixfmt, w, h, asked) = if t.is_multiplanar() {
             // SAFETY: an MPLANE buffer type selects the `pix_mp` member (the crate checked `t`
-            // against `f.type_`); every bit pattern is a valid u32.
+            // against `f.type_`); every bit pattern is valid for these integers (also for the
+            // `ycbcr_enc`/`hsv_enc` union of two u8).
             let p = unsafe { f.fmt.pix_mp };
-            (p.pixelformat, p.width, p.height)
+            let ycbcr = unsafe { p.__bindgen_anon_1.ycbcr_enc };
+            let c = Colorimetry {
+                colorspace: p.colorspace,
+                xfer_func: p.xfer_func.into(),
+                ycbcr_enc: ycbcr.into(),
+                quantization: p.quantization.into(),
+            };
+            (p.pixelformat, p.width, p.height, c)
         } else {
-            // SAFETY: a single-planar video type selects the `pix` member; plain integers.
+            // SAFETY: a single-planar video type selects the `pix` member; plain integers (the
+            // union is two u32).
             let p = unsafe { f.fmt.pix };
-            (p.pixelformat, p.width, p.height)
+            let ycbcr = unsafe { p.__bindgen_anon_1.ycbcr_enc };
+            let c = Colorimetry {
+                colorspace: p.colorspace,
+                xfer_func: p.xfer_func,
+                ycbcr_enc: ycbcr,
+                quantization: p.quantization,
+            };
+            (p.pixelformat, p.width, p.height, c)
         };
-        self.spec.adjust(pixfmt, w, h)
+        let mut fmt = self.spec.adjust(pixfmt, w, h);
+        if self.is_m2m() {
+            fmt.color = if is_capture(t) {
+                // CAPTURE follows OUTPUT.
+                s.output.as_ref().map(|q| q.fmt.color).unwrap_or_default()
+            } else {
+                sane_colorimetry(asked)
+            };
+        }
+        fmt
     }
 
     /// Whether queue `t` of session `s` may change its format or buffers (else `EBUSY`).
@@ -818,12 +897,65 @@ where
     }
 }
 
-impl<Q, HM, R, W> VirtioMediaDevice<R, W> for TestDevice<Q, HM>
+// `v4l2_buffer` (64-bit layout, 88 bytes) and `v4l2_plane` (64 bytes) offsets.
+const BUF_INDEX: usize = 0;
+const BUF_TYPE: usize = 4;
+const BUF_BYTESUSED: usize = 8;
+const BUF_SIZE: usize = 88;
+const PLANE_BYTESUSED: usize = 0;
+const PLANE_DATA_OFFSET: usize = 16;
+const PLANE_SIZE: usize = 64;
+
+impl<Q, HM> TestDevice<Q, HM>
 where
     Q: VirtioMediaEventQueue,
     HM: VirtioMediaHostMemoryMapper,
-    R: ReadFromDescriptorChain,
-    W: WriteToDescriptorChain,
+{
+    /// QBUF of a PREPARED buffer: vb2 ignores the payload fields (the prepared values stand),
+    /// but the crate's parser refuses `bytesused > length` before we see the buffer; put the
+    /// prepared values into the request so that it parses.
+    fn fix_prepared_qbuf(&self, s: &TestSession, reader: &mut CmdReader) {
+        let pos = reader.position() as usize;
+        let data = reader.get_mut();
+        let word = |d: &[u8], o: usize| {
+            d.get(pos + o..pos + o + 4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let (Some(index), Some(t)) = (word(data, BUF_INDEX), word(data, BUF_TYPE)) else {
+            return;
+        };
+        let Some(t) = QueueType::n(t) else { return };
+        let Ok(q) = s.queue(t) else { return };
+        let Some(b) = q.bufs.get(index as usize) else {
+            return;
+        };
+        if b.state != BufState::Prepared {
+            return;
+        }
+        let mut put = |o: usize, v: u32| {
+            if let Some(d) = data.get_mut(pos + o..pos + o + 4) {
+                d.copy_from_slice(&v.to_le_bytes());
+            }
+        };
+        if t.is_multiplanar() {
+            for (i, p) in b.v4l2.planes_iter().enumerate() {
+                let base = BUF_SIZE + i * PLANE_SIZE;
+                put(base + PLANE_BYTESUSED, *p.bytesused);
+                put(
+                    base + PLANE_DATA_OFFSET,
+                    p.data_offset.map(|d| *d).unwrap_or(0),
+                );
+            }
+        } else {
+            put(BUF_BYTESUSED, *b.v4l2.get_first_plane().bytesused);
+        }
+    }
+}
+
+impl<Q, HM> VirtioMediaDevice<CmdReader, CmdWriter> for TestDevice<Q, HM>
+where
+    Q: VirtioMediaEventQueue,
+    HM: VirtioMediaHostMemoryMapper,
 {
     type Session = TestSession;
 
@@ -850,9 +982,12 @@ where
         &mut self,
         session: &mut TestSession,
         ioctl: V4l2Ioctl,
-        reader: &mut R,
-        writer: &mut W,
+        reader: &mut CmdReader,
+        writer: &mut CmdWriter,
     ) -> IoResult<()> {
+        if ioctl == V4l2Ioctl::VIDIOC_QBUF {
+            self.fix_prepared_qbuf(session, reader);
+        }
         match ioctl {
             // The crate's dispatcher unwraps the event type; no events here anyway.
             V4l2Ioctl::VIDIOC_SUBSCRIBE_EVENT | V4l2Ioctl::VIDIOC_UNSUBSCRIBE_EVENT => {
@@ -932,7 +1067,7 @@ where
         f: v4l2_format,
     ) -> IoctlResult<v4l2_format> {
         s.queue(t)?;
-        let f = self.try_format(t, &f);
+        let f = self.try_format(s, t, &f);
         self.v4l2_format(t, f)
     }
 
@@ -942,7 +1077,7 @@ where
         t: QueueType,
         f: v4l2_format,
     ) -> IoctlResult<v4l2_format> {
-        let new = self.try_format(t, &f);
+        let new = self.try_format(s, t, &f);
         let m2m = self.is_m2m();
         let busy = {
             let q = s.queue(t)?;
@@ -958,6 +1093,12 @@ where
         }
         if m2m {
             s.queue_mut(t)?.fmt = new;
+            if !is_capture(t) {
+                // CAPTURE's colorimetry follows OUTPUT's.
+                if let Some(c) = s.capture.as_mut() {
+                    c.fmt.color = new.color;
+                }
+            }
         } else {
             self.shared_fmt[usize::from(!is_capture(t))] = new;
         }
@@ -1302,6 +1443,203 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
+    use virtio_media::io::ReadFromDescriptorChain;
+    use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+
+    #[derive(Clone, Default)]
+    struct Events(Arc<Mutex<usize>>);
+    impl VirtioMediaEventQueue for Events {
+        fn send_event(&mut self, _event: V4l2Event) {
+            *self.0.lock().unwrap() += 1;
+        }
+    }
+
+    struct NoShm;
+    impl VirtioMediaHostMemoryMapper for NoShm {
+        fn add_mapping(
+            &mut self,
+            _: std::os::fd::BorrowedFd,
+            _: u64,
+            _: u64,
+            _: bool,
+        ) -> Result<u64, i32> {
+            Err(libc::ENODEV)
+        }
+        fn remove_mapping(&mut self, _: u64) -> Result<(), i32> {
+            Err(libc::ENODEV)
+        }
+    }
+
+    type Dev = TestDevice<Events, NoShm>;
+
+    /// YUYV 16x8: one plane of 256 bytes.
+    const TINY: &[(u32, u32)] = &[(16, 8)];
+    const YUYV: &[[u8; 4]] = &[*b"YUYV"];
+
+    fn setup(kind: Kind) -> (Dev, TestSession, Events, GuestMemoryAtomic<GuestMemoryMmap>) {
+        let mem = GuestMemoryAtomic::new(
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 16)]).unwrap(),
+        );
+        let spec = Spec {
+            kind,
+            mplane: false,
+            formats: YUYV,
+            sizes: TINY,
+        };
+        let ev = Events::default();
+        let mut dev = TestDevice::new(spec, ev.clone(), NoShm, GuestMapper::new(mem.clone()));
+        let s = <Dev as VirtioMediaDevice<CmdReader, CmdWriter>>::new_session(&mut dev, 1).unwrap();
+        (dev, s, ev, mem)
+    }
+
+    fn sg(start: u64, len: u32) -> SgEntry {
+        let mut b = start.to_le_bytes().to_vec();
+        b.extend_from_slice(&len.to_le_bytes());
+        b.extend_from_slice(&[0; 4]);
+        std::io::Cursor::new(b).read_obj::<SgEntry>().unwrap()
+    }
+
+    fn userptr_buf(t: QueueType, bytesused: u32) -> V4l2Buffer {
+        let mut b = new_buffer(t, 0, MemoryType::UserPtr, &[256]).unwrap();
+        *b.get_first_plane_mut().bytesused = bytesused;
+        b
+    }
+
+    #[test]
+    fn userptr_capture_writes_the_pattern_into_guest_pages() {
+        let (mut dev, mut s, ev, mem) = setup(Kind::Capture);
+        let t = QueueType::VideoCapture;
+        let r = dev.reqbufs(
+            &mut s,
+            t,
+            MemoryType::UserPtr,
+            1,
+            MemoryConsistency::empty(),
+        );
+        assert_eq!(r.unwrap().count, 1);
+        dev.streamon(&mut s, t).unwrap();
+        // Two guest ranges, 100 + 156 bytes, as the driver's SG list of one plane.
+        dev.qbuf(
+            &mut s,
+            userptr_buf(t, 0),
+            vec![vec![sg(0x1000, 100), sg(0x3000, 156)]],
+        )
+        .unwrap();
+        assert_eq!(*ev.0.lock().unwrap(), 1);
+        let mut a = [0u8; 100];
+        let mut b = [0u8; 156];
+        mem.memory()
+            .read_slice(&mut a, GuestAddress(0x1000))
+            .unwrap();
+        mem.memory()
+            .read_slice(&mut b, GuestAddress(0x3000))
+            .unwrap();
+        let got: Vec<u8> = a.iter().chain(b.iter()).copied().collect();
+        // Frame 0, plane 0: byte i = i mod 251.
+        let want: Vec<u8> = (0..256).map(|i| (i % 251) as u8).collect();
+        assert_eq!(got, want);
+        // The second frame is sequence 1.
+        dev.qbuf(&mut s, userptr_buf(t, 0), vec![vec![sg(0x5000, 256)]])
+            .unwrap();
+        let mut c = [0u8; 4];
+        mem.memory()
+            .read_slice(&mut c, GuestAddress(0x5000))
+            .unwrap();
+        assert_eq!(c, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn userptr_sg_list_shorter_than_the_plane_is_einval() {
+        let (mut dev, mut s, ev, _mem) = setup(Kind::Capture);
+        let t = QueueType::VideoCapture;
+        dev.reqbufs(
+            &mut s,
+            t,
+            MemoryType::UserPtr,
+            1,
+            MemoryConsistency::empty(),
+        )
+        .unwrap();
+        dev.streamon(&mut s, t).unwrap();
+        let short = vec![vec![sg(0x1000, 100), sg(0x3000, 155)]];
+        assert_eq!(
+            dev.qbuf(&mut s, userptr_buf(t, 0), short).err(),
+            Some(libc::EINVAL)
+        );
+        assert_eq!(
+            dev.qbuf(&mut s, userptr_buf(t, 0), vec![]).err(),
+            Some(libc::EINVAL)
+        );
+        // Outside guest memory: the buffer comes back flagged ERROR, nothing panics.
+        dev.qbuf(&mut s, userptr_buf(t, 0), vec![vec![sg(1 << 40, 256)]])
+            .unwrap();
+        assert_eq!(*ev.0.lock().unwrap(), 1);
+    }
+
+    #[test]
+    fn userptr_m2m_copies_output_to_capture() {
+        let (mut dev, mut s, ev, mem) = setup(Kind::M2m);
+        let (o, c) = (QueueType::VideoOutput, QueueType::VideoCapture);
+        let src: Vec<u8> = (0..256u32).map(|i| (i * 7 + 3) as u8).collect();
+        mem.memory()
+            .write_slice(&src, GuestAddress(0x2000))
+            .unwrap();
+        for t in [o, c] {
+            dev.reqbufs(
+                &mut s,
+                t,
+                MemoryType::UserPtr,
+                1,
+                MemoryConsistency::empty(),
+            )
+            .unwrap();
+            dev.streamon(&mut s, t).unwrap();
+        }
+        dev.qbuf(&mut s, userptr_buf(o, 256), vec![vec![sg(0x2000, 256)]])
+            .unwrap();
+        assert_eq!(*ev.0.lock().unwrap(), 0); // waits for a CAPTURE buffer
+        dev.qbuf(
+            &mut s,
+            userptr_buf(c, 0),
+            vec![vec![sg(0x8000, 200), sg(0x9000, 56)]],
+        )
+        .unwrap();
+        assert_eq!(*ev.0.lock().unwrap(), 2);
+        let mut a = vec![0u8; 200];
+        let mut b = vec![0u8; 56];
+        mem.memory()
+            .read_slice(&mut a, GuestAddress(0x8000))
+            .unwrap();
+        mem.memory()
+            .read_slice(&mut b, GuestAddress(0x9000))
+            .unwrap();
+        a.extend_from_slice(&b);
+        assert_eq!(a, src);
+        let q = s.queue(c).unwrap();
+        assert_eq!(*q.bufs[0].v4l2.get_first_plane().bytesused, 256);
+    }
+
+    #[test]
+    fn output_bytesused_beyond_length_is_einval() {
+        let (mut dev, mut s, _ev, _mem) = setup(Kind::Output);
+        let t = QueueType::VideoOutput;
+        dev.reqbufs(
+            &mut s,
+            t,
+            MemoryType::UserPtr,
+            1,
+            MemoryConsistency::empty(),
+        )
+        .unwrap();
+        let mut b = userptr_buf(t, 0);
+        // A raw buffer claiming 257 bytes used of 256.
+        *b.get_first_plane_mut().bytesused = 257;
+        assert_eq!(
+            dev.qbuf(&mut s, b, vec![vec![sg(0x1000, 256)]]).err(),
+            Some(libc::EINVAL)
+        );
+    }
 
     #[test]
     fn crc32_matches_zlib() {
