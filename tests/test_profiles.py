@@ -60,6 +60,10 @@ def test_compliance_has_no_failures(profile, flags):
     assert failed == 0, fail_lines(res)
     for mode in ("MMAP (select)", "MMAP (epoll)", "USERPTR (select)"):
         assert f"test {mode}: OK\n" in res.stdout, fail_lines(res)
+    if profile == "m2m":
+        # v4l2-compliance's M2M streaming: CAPTURE buffers came back for the OUTPUT ones.
+        counts = re.findall(r"Video Capture Multiplanar: Captured (\d+) buffers", res.stdout)
+        assert counts and all(int(c) > 0 for c in counts), res.stdout[-3000:]
 
 
 def test_pattern_helper_is_not_trivial():
