@@ -705,7 +705,7 @@ where
                 } else {
                     *src.bytesused
                 };
-                let off = src.data_offset.map(|o| *o).unwrap_or(0);
+                let off = src.data_offset.copied().unwrap_or(0);
                 if bytesused > len || (off != 0 && off >= bytesused) {
                     return Err(libc::EINVAL);
                 }
@@ -943,7 +943,7 @@ where
                 put(base + PLANE_BYTESUSED, *p.bytesused);
                 put(
                     base + PLANE_DATA_OFFSET,
-                    p.data_offset.map(|d| *d).unwrap_or(0),
+                    p.data_offset.copied().unwrap_or(0),
                 );
             }
         } else {
