@@ -44,6 +44,8 @@ use crate::guestmem::GuestMapper;
 
 /// Most buffers per queue (vb2's `VIDEO_MAX_FRAME`).
 pub const MAX_BUFFERS: u32 = 32;
+/// Largest plane the device allocates (CREATE_BUFS) or looks at (USERPTR), in bytes: 64 MiB.
+pub const MAX_PLANE: u32 = 64 << 20;
 /// Frame interval advertised by capture and output profiles: 1/30 s.
 const FPS: u32 = 30;
 
@@ -300,6 +302,21 @@ fn sane_colorimetry(c: Colorimetry) -> Colorimetry {
     }
 }
 
+/// Cuts an SG list to its first `size` bytes.
+fn trim_sgs(sgs: &mut Vec<SgEntry>, size: u32) {
+    let mut total = 0u32;
+    let mut keep = 0;
+    for sg in sgs.iter_mut() {
+        if total >= size {
+            break;
+        }
+        sg.len = sg.len.min(size - total);
+        total += sg.len;
+        keep += 1;
+    }
+    sgs.truncate(keep);
+}
+
 fn is_capture(t: QueueType) -> bool {
     t.direction() == QueueDirection::Capture
 }
@@ -324,6 +341,9 @@ enum Backing {
 
 struct Buf {
     state: BufState,
+    /// Plane sizes given at allocation (the format's, or CREATE_BUFS'): what a capture frame
+    /// fills, and the least a USERPTR plane must hold.
+    sizes: Vec<u32>,
     /// What QUERYBUF reports and DQBUF events carry.
     v4l2: V4l2Buffer,
     planes: Vec<Backing>,
@@ -623,6 +643,7 @@ where
             }
             q.bufs.push(Buf {
                 state: BufState::Idle,
+                sizes: sizes.to_vec(),
                 v4l2,
                 planes,
             });
@@ -663,7 +684,9 @@ where
         if buffer.num_planes() < nplanes {
             return Err(libc::EINVAL);
         }
-        let sizes: Vec<u32> = b.v4l2.planes_iter().map(|p| *p.length).collect();
+        let sizes = b.sizes.clone();
+        // What an OUTPUT plane may carry: its size (MMAP) or the user's buffer (USERPTR).
+        let mut caps = sizes.clone();
         // QBUF of a prepared buffer uses what PREPARE_BUF took (vb2 ignores the new pointers).
         let prepared = !prepare && b.state == BufState::Prepared;
         if q.memory == MemoryType::UserPtr && !prepared {
@@ -672,8 +695,13 @@ where
             if lens.iter().take(nplanes).any(|&l| l == 0) || regions.len() < nplanes {
                 return Err(libc::EINVAL);
             }
-            for (p, sgs) in regions.iter().enumerate().take(nplanes) {
+            let mut regions = regions;
+            for (p, sgs) in regions.iter_mut().enumerate().take(nplanes) {
                 let total: u64 = sgs.iter().map(|sg| u64::from(sg.len)).sum();
+                // Only the plane's bytes (at most MAX_PLANE) are ever mapped.
+                let cap = total.min(u64::from(lens[p])).min(u64::from(MAX_PLANE)) as u32;
+                trim_sgs(sgs, cap);
+                caps[p] = cap;
                 if lens[p] < sizes[p] || total < u64::from(sizes[p]) {
                     warn!(
                         "USERPTR plane {p}: {} bytes in {} SG entries, length {}, needs {}",
@@ -699,7 +727,7 @@ where
         if !is_capture(t) && !prepared {
             let mut used = Vec::with_capacity(nplanes);
             for (p, src) in buffer.planes_iter().take(nplanes).enumerate() {
-                let len = sizes[p];
+                let len = caps[p];
                 let bytesused = if *src.bytesused == 0 {
                     len
                 } else {
@@ -759,11 +787,14 @@ where
 
     /// Writes plane payloads into CAPTURE buffer `b` (each cut to its plane) and sets bytesused.
     fn write_planes(&self, b: &mut Buf, data: &[Vec<u8>]) -> Result<(), i32> {
-        let lens: Vec<u32> = b.v4l2.planes_iter().map(|p| *p.length).collect();
-        let mut used = Vec::with_capacity(lens.len());
+        let mut used = Vec::with_capacity(b.planes.len());
         for (p, backing) in b.planes.iter_mut().enumerate() {
             let src: &[u8] = data.get(p).map(|d| d.as_slice()).unwrap_or(&[]);
-            let n = src.len().min(lens[p] as usize);
+            let cap = match backing {
+                Backing::Mmap { .. } => b.sizes.get(p).copied().unwrap_or(0) as usize,
+                Backing::User(sgs) => sgs.iter().map(|sg| sg.len as usize).sum(),
+            };
+            let n = src.len().min(cap);
             match backing {
                 Backing::Mmap { fd, .. } => {
                     fd.as_file().write_all_at(&src[..n], 0).map_err(|e| {
@@ -829,11 +860,11 @@ where
             let ts = self.next_timestamp();
             let Some(b) = q.bufs.get_mut(i) else { continue };
             let data: Vec<Vec<u8>> = b
-                .v4l2
-                .planes_iter()
+                .sizes
+                .iter()
                 .enumerate()
-                .map(|(p, pl)| {
-                    let mut v = vec![0u8; *pl.length as usize];
+                .map(|(p, &size)| {
+                    let mut v = vec![0u8; size as usize];
                     fill_pattern(&mut v, seq, p);
                     v
                 })
@@ -1352,7 +1383,11 @@ where
             // SAFETY: single-planar video type: `pix`.
             vec![unsafe { format.fmt.pix }.sizeimage]
         };
-        if sizes.iter().zip(&need).any(|(s, n)| s < n) {
+        if sizes
+            .iter()
+            .zip(&need)
+            .any(|(s, n)| s < n || *s > MAX_PLANE)
+        {
             return Err(libc::EINVAL);
         }
         let mut q = std::mem::replace(s.queue_mut(t)?, Queue::new(t, fmt));
@@ -1551,7 +1586,7 @@ mod tests {
 
     #[test]
     fn userptr_sg_list_shorter_than_the_plane_is_einval() {
-        let (mut dev, mut s, ev, _mem) = setup(Kind::Capture);
+        let (mut dev, mut s, ev, mem) = setup(Kind::Capture);
         let t = QueueType::VideoCapture;
         dev.reqbufs(
             &mut s,
@@ -1571,10 +1606,21 @@ mod tests {
             dev.qbuf(&mut s, userptr_buf(t, 0), vec![]).err(),
             Some(libc::EINVAL)
         );
-        // Outside guest memory: the buffer comes back flagged ERROR, nothing panics.
-        dev.qbuf(&mut s, userptr_buf(t, 0), vec![vec![sg(1 << 40, 256)]])
+        // An entry far longer than the plane: only the plane's 256 bytes are mapped.
+        dev.qbuf(&mut s, userptr_buf(t, 0), vec![vec![sg(0x1000, u32::MAX)]])
             .unwrap();
         assert_eq!(*ev.0.lock().unwrap(), 1);
+        let mut got = [0xffu8; 257];
+        mem.memory()
+            .read_slice(&mut got, GuestAddress(0x1000))
+            .unwrap();
+        assert_eq!(&got[..4], &[0, 1, 2, 3]);
+        assert_eq!(got[255], (255 % 251) as u8);
+        assert_eq!(got[256], 0); // beyond the plane: untouched
+                                 // Outside guest memory: the buffer comes back flagged ERROR, nothing panics.
+        dev.qbuf(&mut s, userptr_buf(t, 0), vec![vec![sg(1 << 40, 256)]])
+            .unwrap();
+        assert_eq!(*ev.0.lock().unwrap(), 2);
     }
 
     #[test]
