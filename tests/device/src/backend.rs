@@ -58,8 +58,7 @@ pub struct DeviceContext {
     /// `VirtioMediaEventQueue`: events to the driver over the eventq.
     pub eventq: EventQueue,
     /// `VirtioMediaGuestMemoryMapper`: linear views of guest SG lists (USERPTR). Unused by
-    /// capture-mplane (MMAP only); there for the profiles that need it (a V4L2 proxy, USERPTR).
-    #[allow(dead_code)]
+    /// capture-mplane (MMAP only); `TestDevice` profiles use it.
     pub guest_mapper: GuestMapper,
     /// `VirtioMediaHostMemoryMapper`: MMAP buffers into shared memory region 0.
     pub host_mapper: ShmMapper,
@@ -207,7 +206,17 @@ where
                         let what = describe(&input);
                         let mut reader = CmdReader::new(input);
                         let mut writer = CmdWriter::new();
-                        runner.handle_command(&mut reader, &mut writer);
+                        // A bug in a device (or in the crates under it) must not end the
+                        // worker thread: the command fails with EIO instead.
+                        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            runner.handle_command(&mut reader, &mut writer)
+                        }));
+                        if run.is_err() {
+                            error!("{what}: the device panicked; answering EIO");
+                            writer.clear();
+                            writer.extend_from_slice(&(libc::EIO as u32).to_le_bytes());
+                            writer.extend_from_slice(&[0u8; 4]);
+                        }
                         debug!("{what} -> {}", describe_resp(&writer));
                         scatter(&chain, &writer).unwrap_or_else(|e| {
                             error!("commandq: cannot write response: {e}");

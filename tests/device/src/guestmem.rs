@@ -2,9 +2,9 @@
 //! Linear host views of guest memory given as SG lists (USERPTR buffers, ext-control payloads).
 //!
 //! A mapping is a copy: the SG entries are read into one host buffer when it is created and, if
-//! the device asked for a mutable pointer, written back when it is dropped. The capture-mplane
-//! profile (MMAP only) never uses it; devices that do (a V4L2 proxy, USERPTR profiles) get it
-//! through `DeviceContext::guest_mapper`.
+//! the device asked for a mutable pointer (or `data_mut`), written back when it is dropped. The
+//! capture-mplane profiles (MMAP only) never use it; `TestDevice` (src/testdev.rs) uses it for
+//! USERPTR buffers, through `DeviceContext::guest_mapper`.
 
 use log::error;
 use virtio_media::protocol::SgEntry;
@@ -26,6 +26,19 @@ pub struct ShadowMapping {
     sgs: Vec<SgEntry>,
     data: Vec<u8>,
     dirty: bool,
+}
+
+impl ShadowMapping {
+    /// The copy of the guest pages, in SG order.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    /// The copy of the guest pages, to be written back when the mapping is dropped.
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        self.dirty = true;
+        &mut self.data
+    }
 }
 
 impl GuestMemoryRange for ShadowMapping {

@@ -15,6 +15,7 @@ mod guestmem;
 mod profiles;
 mod quirks;
 mod shm;
+mod testdev;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

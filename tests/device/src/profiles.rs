@@ -13,6 +13,7 @@ use virtio_media::v4l2r::bindings;
 
 use crate::backend::{device_config, serve_connection};
 use crate::quirks::FormatFixes;
+use crate::testdev::{Kind, Spec, TestDevice};
 
 /// `enum vfl_devnode_type` (include/media/v4l2-dev.h).
 pub const VFL_TYPE_VIDEO: u32 = 0;
@@ -42,6 +43,36 @@ pub const PROFILES: &[Profile] = &[
         summary: "capture-mplane without the SHMEM protocol feature: no shared memory region, \
                   so MMAP buffers cannot be mapped",
         serve: capture_mplane_noshm,
+    },
+    Profile {
+        name: "capture",
+        summary: "TestDevice: single-planar capture (VIDEO_CAPTURE|STREAMING), YUYV/RGB3/YU12 at \
+                  640x480 and 320x240, one input, MMAP and USERPTR, pattern frames",
+        serve: capture,
+    },
+    Profile {
+        name: "capture-mp",
+        summary: "TestDevice: multi-planar capture (VIDEO_CAPTURE_MPLANE|STREAMING), YM12 \
+                  and YM16 (3 planes), YUYV (1 plane), MMAP and USERPTR",
+        serve: capture_mp,
+    },
+    Profile {
+        name: "capture-nv",
+        summary: "TestDevice: multi-planar capture of NM12 (NV12M, 2 planes) only; \
+                  v4l2-compliance 1.22.1 fails its ENUM_FMT name check (kernel 6.12 renamed it)",
+        serve: capture_nv,
+    },
+    Profile {
+        name: "output",
+        summary: "TestDevice: single-planar output (VIDEO_OUTPUT|STREAMING), YUYV/RGB3/YU12, one \
+                  output; logs `output frame SEQ bytesused N crc32 HEX` per frame",
+        serve: output,
+    },
+    Profile {
+        name: "m2m",
+        summary: "TestDevice: loopback M2M (VIDEO_M2M_MPLANE|STREAMING): each OUTPUT payload is \
+                  copied into the next CAPTURE buffer; YM12/YUYV/YM16; per-open contexts",
+        serve: m2m,
     },
 ];
 
@@ -86,6 +117,75 @@ fn capture_mplane_config(card: &str) -> VirtioMediaDeviceConfig {
     )
 }
 
+/// Formats and sizes of the single-planar TestDevice profiles (single-buffer formats only).
+const SP_FORMATS: &[[u8; 4]] = &[*b"YUYV", *b"RGB3", *b"YU12"];
+/// Formats of the multi-planar profiles: 3 planes (YUV420M, YUV422M) and a packed one-plane
+/// format. No NV12/NV12M: kernel 6.12 names them "Y/UV 4:2:0 ..." while v4l2-compliance 1.22.1
+/// expects "Y/CbCr 4:2:0 ...", so ENUM_FMT fails on any device that offers them.
+const MP_FORMATS: &[[u8; 4]] = &[*b"YM12", *b"YUYV", *b"YM16"];
+const SIZES: &[(u32, u32)] = &[(640, 480), (320, 240)];
+
+pub const CAPTURE: Spec = Spec {
+    kind: Kind::Capture,
+    mplane: false,
+    formats: SP_FORMATS,
+    sizes: SIZES,
+};
+pub const CAPTURE_MP: Spec = Spec {
+    kind: Kind::Capture,
+    mplane: true,
+    formats: MP_FORMATS,
+    sizes: SIZES,
+};
+pub const CAPTURE_NV: Spec = Spec {
+    kind: Kind::Capture,
+    mplane: true,
+    formats: &[*b"NM12"],
+    sizes: SIZES,
+};
+pub const OUTPUT: Spec = Spec {
+    kind: Kind::Output,
+    mplane: false,
+    formats: SP_FORMATS,
+    sizes: SIZES,
+};
+pub const M2M: Spec = Spec {
+    kind: Kind::M2m,
+    mplane: true,
+    formats: MP_FORMATS,
+    sizes: SIZES,
+};
+
+/// Serves a `TestDevice` with `spec`; its config space is derived from the spec, so it says
+/// exactly which buffer types the device accepts.
+fn serve_testdev(listener: &mut Listener, spec: Spec, card: &str) -> anyhow::Result<()> {
+    serve_connection(
+        listener,
+        device_config(spec.device_caps(), VFL_TYPE_VIDEO, card),
+        move |ctx| TestDevice::new(spec, ctx.eventq, ctx.host_mapper, ctx.guest_mapper),
+    )
+}
+
+fn capture(listener: &mut Listener) -> anyhow::Result<()> {
+    serve_testdev(listener, CAPTURE, "vmrs capture")
+}
+
+fn capture_mp(listener: &mut Listener) -> anyhow::Result<()> {
+    serve_testdev(listener, CAPTURE_MP, "vmrs capture-mp")
+}
+
+fn capture_nv(listener: &mut Listener) -> anyhow::Result<()> {
+    serve_testdev(listener, CAPTURE_NV, "vmrs capture-nv")
+}
+
+fn output(listener: &mut Listener) -> anyhow::Result<()> {
+    serve_testdev(listener, OUTPUT, "vmrs output")
+}
+
+fn m2m(listener: &mut Listener) -> anyhow::Result<()> {
+    serve_testdev(listener, M2M, "vmrs m2m")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +199,15 @@ mod tests {
         assert_eq!(&b[4..8], &[0, 0, 0, 0]);
         assert_eq!(&b[8..27], b"vmrs capture-mplane");
         assert!(b[27..].iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn testdev_caps() {
+        // V4L2_CAP_STREAMING 0x04000000 | VIDEO_CAPTURE 0x1 / VIDEO_CAPTURE_MPLANE 0x1000 /
+        // VIDEO_OUTPUT 0x2 / VIDEO_M2M_MPLANE 0x4000 (videodev2.h).
+        assert_eq!(CAPTURE.device_caps(), 0x0400_0001);
+        assert_eq!(CAPTURE_MP.device_caps(), 0x0400_1000);
+        assert_eq!(OUTPUT.device_caps(), 0x0400_0002);
+        assert_eq!(M2M.device_caps(), 0x0400_4000);
     }
 }

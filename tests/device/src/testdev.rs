@@ -1,0 +1,1726 @@
+// SPDX-License-Identifier: GPL-2.0 OR BSD-3-Clause
+//! `TestDevice`: the project's own configurable virtio-media device (capture, output, loopback
+//! M2M; single- or multi-planar; MMAP and USERPTR), built on the `virtio-media` crate's traits
+//! (`VirtioMediaDevice`, `VirtioMediaIoctlHandler` + `virtio_media_dispatch_ioctl`,
+//! `MmapMappingManager`, `VirtioMediaGuestMemoryMapper`). Documentation/test-device.md describes
+//! the profiles, the capture pattern and the USERPTR handling.
+//!
+//! Buffers follow vb2's rules as far as a device can see them: a queue of at most 32 buffers of
+//! one memory type, QBUF of a queued buffer is `EINVAL`, STREAMOFF returns every buffer, a queue
+//! with buffers cannot change its format (`EBUSY`). Capture and output devices let one session
+//! own the buffers at a time (`EBUSY` for the others, as hardware does); M2M sessions are
+//! independent contexts.
+//!
+//! Nothing the driver sends makes the device panic: every problem is an errno.
+
+use std::collections::VecDeque;
+use std::io::Result as IoResult;
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
+use std::time::Instant;
+
+use log::{info, warn};
+use virtio_media::io::WriteToDescriptorChain;
+use virtio_media::ioctl::{virtio_media_dispatch_ioctl, IoctlResult, VirtioMediaIoctlHandler};
+use virtio_media::memfd::MemFdBuffer;
+use virtio_media::mmap::MmapMappingManager;
+use virtio_media::protocol::{
+    DequeueBufferEvent, SgEntry, V4l2Event, V4l2Ioctl, VIRTIO_MEDIA_MMAP_FLAG_RW,
+};
+use virtio_media::v4l2r::bindings::{self, v4l2_fmtdesc, v4l2_format, v4l2_requestbuffers};
+use virtio_media::v4l2r::ioctl::{
+    BufferCapabilities, BufferField, BufferFlags, MemoryConsistency, UncheckedV4l2Buffer,
+    V4l2Buffer, V4l2PlanesWithBackingMut,
+};
+use virtio_media::v4l2r::memory::MemoryType;
+use virtio_media::v4l2r::{PixelFormat, QueueDirection, QueueType};
+use virtio_media::{
+    VirtioMediaDevice, VirtioMediaDeviceSession, VirtioMediaEventQueue,
+    VirtioMediaGuestMemoryMapper, VirtioMediaHostMemoryMapper,
+};
+
+use crate::chain::{CmdReader, CmdWriter};
+use crate::guestmem::GuestMapper;
+
+/// Most buffers per queue (vb2's `VIDEO_MAX_FRAME`).
+pub const MAX_BUFFERS: u32 = 32;
+/// Largest plane the device allocates (CREATE_BUFS) or looks at (USERPTR), in bytes: 64 MiB.
+pub const MAX_PLANE: u32 = 64 << 20;
+/// Frame interval advertised by capture and output profiles: 1/30 s.
+const FPS: u32 = 30;
+
+/// What the device does with its queues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// One CAPTURE queue: every queued buffer is filled with the pattern (`pattern_byte`).
+    Capture,
+    /// One OUTPUT queue: every queued buffer is consumed (its CRC-32 logged) and returned.
+    Output,
+    /// Loopback memory-to-memory: each OUTPUT buffer's payload is copied into the next CAPTURE
+    /// buffer of the same session.
+    M2m,
+}
+
+/// A device configuration (one per profile).
+#[derive(Clone, Copy, Debug)]
+pub struct Spec {
+    pub kind: Kind,
+    /// Multi-planar buffer types (`*_MPLANE`) instead of single-planar ones.
+    pub mplane: bool,
+    /// Pixel formats (fourccs) in ENUM_FMT order; the first is the default.
+    pub formats: &'static [[u8; 4]],
+    /// Discrete frame sizes in ENUM_FRAMESIZES order; the first is the default.
+    pub sizes: &'static [(u32, u32)],
+}
+
+impl Spec {
+    /// The V4L2 `device_caps` that describe exactly the queues this device accepts.
+    pub fn device_caps(&self) -> u32 {
+        let io = match (self.kind, self.mplane) {
+            (Kind::Capture, false) => bindings::V4L2_CAP_VIDEO_CAPTURE,
+            (Kind::Capture, true) => bindings::V4L2_CAP_VIDEO_CAPTURE_MPLANE,
+            (Kind::Output, false) => bindings::V4L2_CAP_VIDEO_OUTPUT,
+            (Kind::Output, true) => bindings::V4L2_CAP_VIDEO_OUTPUT_MPLANE,
+            (Kind::M2m, false) => bindings::V4L2_CAP_VIDEO_M2M,
+            (Kind::M2m, true) => bindings::V4L2_CAP_VIDEO_M2M_MPLANE,
+        };
+        io | bindings::V4L2_CAP_STREAMING
+    }
+
+    fn capture_type(&self) -> Option<QueueType> {
+        match (self.kind, self.mplane) {
+            (Kind::Output, _) => None,
+            (_, false) => Some(QueueType::VideoCapture),
+            (_, true) => Some(QueueType::VideoCaptureMplane),
+        }
+    }
+
+    fn output_type(&self) -> Option<QueueType> {
+        match (self.kind, self.mplane) {
+            (Kind::Capture, _) => None,
+            (_, false) => Some(QueueType::VideoOutput),
+            (_, true) => Some(QueueType::VideoOutputMplane),
+        }
+    }
+
+    fn default_format(&self) -> Format {
+        let (width, height) = self.sizes.first().copied().unwrap_or((640, 480));
+        Format {
+            fourcc: self.formats.first().copied().unwrap_or(*b"YUYV"),
+            width,
+            height,
+            color: Colorimetry::default(),
+        }
+    }
+
+    /// The format the device would use for a request: the fourcc if supported (else the
+    /// default one), the listed size nearest to the requested one.
+    fn adjust(&self, fourcc: u32, width: u32, height: u32) -> Format {
+        let fourcc = self
+            .formats
+            .iter()
+            .copied()
+            .find(|f| u32::from_le_bytes(*f) == fourcc)
+            .unwrap_or(self.default_format().fourcc);
+        let dist = |&(w, h): &(u32, u32)| w.abs_diff(width) as u64 + h.abs_diff(height) as u64;
+        let (width, height) = self
+            .sizes
+            .iter()
+            .min_by_key(|s| dist(s))
+            .copied()
+            .unwrap_or((640, 480));
+        Format {
+            fourcc,
+            width,
+            height,
+            color: Colorimetry::default(),
+        }
+    }
+}
+
+/// A configured format: fourcc, frame size and colorimetry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Format {
+    pub fourcc: [u8; 4],
+    pub width: u32,
+    pub height: u32,
+    pub color: Colorimetry,
+}
+
+/// `colorspace`, `xfer_func`, `ycbcr_enc`, `quantization` of a format. Fixed (sRGB, the rest
+/// default) except on M2M queues, where OUTPUT takes what S_FMT asks and CAPTURE follows it
+/// (a loopback does not convert).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Colorimetry {
+    pub colorspace: u32,
+    pub xfer_func: u32,
+    pub ycbcr_enc: u32,
+    pub quantization: u32,
+}
+
+impl Default for Colorimetry {
+    fn default() -> Self {
+        Self {
+            colorspace: bindings::v4l2_colorspace_V4L2_COLORSPACE_SRGB,
+            xfer_func: 0,
+            ycbcr_enc: 0,
+            quantization: 0,
+        }
+    }
+}
+
+/// One plane of a format: bytes per line and size in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlaneLayout {
+    pub bytesperline: u32,
+    pub sizeimage: u32,
+}
+
+/// The planes (memory buffers) of `fourcc` at `w`x`h` (even sizes); `None` for an unknown fourcc.
+///
+/// Single-buffer formats (YUYV, RGB3, NV12, YU12) have one plane holding every component;
+/// NM12 (NV12M) has 2 (Y, CbCr) and YM12 (YUV420M) 3 (Y, Cb, Cr).
+pub fn layout(fourcc: &[u8; 4], w: u32, h: u32) -> Option<Vec<PlaneLayout>> {
+    let p = |bytesperline, sizeimage| PlaneLayout {
+        bytesperline,
+        sizeimage,
+    };
+    Some(match fourcc {
+        b"YUYV" => vec![p(2 * w, 2 * w * h)],
+        b"RGB3" => vec![p(3 * w, 3 * w * h)],
+        b"NV12" | b"YU12" => vec![p(w, w * h * 3 / 2)],
+        b"NM12" => vec![p(w, w * h), p(w, w * h / 2)],
+        b"YM12" => vec![p(w, w * h), p(w / 2, w * h / 4), p(w / 2, w * h / 4)],
+        b"YM16" => vec![p(w, w * h), p(w / 2, w * h / 2), p(w / 2, w * h / 2)],
+        _ => return None,
+    })
+}
+
+/// The kernel's description of a fourcc (v4l2-ioctl.c `v4l_fill_fmtdesc`).
+fn description(fourcc: &[u8; 4]) -> &'static [u8] {
+    match fourcc {
+        b"YUYV" => b"YUYV 4:2:2",
+        b"RGB3" => b"24-bit RGB 8-8-8",
+        b"NV12" => b"Y/UV 4:2:0",
+        b"YU12" => b"Planar YUV 4:2:0",
+        b"NM12" => b"Y/UV 4:2:0 (N-C)",
+        b"YM12" => b"Planar YUV 4:2:0 (N-C)",
+        b"YM16" => b"Planar YUV 4:2:2 (N-C)",
+        _ => b"",
+    }
+}
+
+/// Byte `i` of plane `plane` of the capture frame with sequence number `seq`:
+/// `(seq + 3 * plane + i) mod 251`. 251 is prime, so the pattern does not repeat with any
+/// power-of-two line or plane length; tests compute it on their own.
+#[cfg_attr(not(test), allow(dead_code))]
+pub fn pattern_byte(seq: u32, plane: usize, i: usize) -> u8 {
+    ((seq as u64 + 3 * plane as u64 + i as u64) % 251) as u8
+}
+
+/// Fills `buf` with plane `plane` of frame `seq` of the pattern.
+pub fn fill_pattern(buf: &mut [u8], seq: u32, plane: usize) {
+    let mut v = ((seq as u64 + 3 * plane as u64) % 251) as u8;
+    for b in buf {
+        *b = v;
+        v = if v == 250 { 0 } else { v + 1 };
+    }
+}
+
+/// CRC-32 (IEEE 802.3, the one of zlib and Python's `zlib.crc32`).
+pub fn crc32(data: &[u8]) -> u32 {
+    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut t = [0u32; 256];
+        for (n, e) in t.iter_mut().enumerate() {
+            let mut c = n as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+            *e = c;
+        }
+        t
+    });
+    let mut c = !0u32;
+    for &b in data {
+        c = table[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8);
+    }
+    !c
+}
+
+/// A `V4l2Buffer` of `sizes.len()` planes. (v4l2r 0.0.7's `set_num_planes` panics when it
+/// grows a buffer, so the planes are set on the raw struct.)
+fn new_buffer(
+    t: QueueType,
+    index: u32,
+    memory: MemoryType,
+    sizes: &[u32],
+) -> Result<V4l2Buffer, i32> {
+    let mut raw = bindings::v4l2_buffer {
+        index,
+        type_: t as u32,
+        memory: memory as u32,
+        ..Default::default()
+    };
+    let planes = if t.is_multiplanar() {
+        if sizes.is_empty() || sizes.len() >= bindings::VIDEO_MAX_PLANES as usize {
+            return Err(libc::EINVAL);
+        }
+        raw.length = sizes.len() as u32;
+        let mut planes: [bindings::v4l2_plane; bindings::VIDEO_MAX_PLANES as usize] =
+            Default::default();
+        for (p, &s) in planes.iter_mut().zip(sizes) {
+            p.length = s;
+        }
+        Some(planes)
+    } else {
+        raw.length = *sizes.first().ok_or(libc::EINVAL)?;
+        None
+    };
+    V4l2Buffer::try_from(UncheckedV4l2Buffer(raw, planes)).map_err(|_| libc::EINVAL)
+}
+
+/// What an M2M OUTPUT queue accepts: any colorspace of videodev2.h (else sRGB), transfer
+/// function, Y'CbCr encoding and quantization within their enums (else default, 0).
+fn sane_colorimetry(c: Colorimetry) -> Colorimetry {
+    // V4L2_COLORSPACE_SMPTE170M (1) ..= V4L2_COLORSPACE_DCI_P3 (12); XFER_FUNC up to SMPTE2084
+    // (7); YCBCR_ENC up to SMPTE240M (8); QUANTIZATION up to LIM_RANGE (2).
+    let ok = |v: u32, max: u32| if v <= max { v } else { 0 };
+    Colorimetry {
+        colorspace: if (1..=12).contains(&c.colorspace) {
+            c.colorspace
+        } else {
+            bindings::v4l2_colorspace_V4L2_COLORSPACE_SRGB
+        },
+        xfer_func: ok(c.xfer_func, 7),
+        ycbcr_enc: ok(c.ycbcr_enc, 8),
+        quantization: ok(c.quantization, 2),
+    }
+}
+
+/// Cuts an SG list to its first `size` bytes.
+fn trim_sgs(sgs: &mut Vec<SgEntry>, size: u32) {
+    let mut total = 0u32;
+    let mut keep = 0;
+    for sg in sgs.iter_mut() {
+        if total >= size {
+            break;
+        }
+        sg.len = sg.len.min(size - total);
+        total += sg.len;
+        keep += 1;
+    }
+    sgs.truncate(keep);
+}
+
+fn is_capture(t: QueueType) -> bool {
+    t.direction() == QueueDirection::Capture
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BufState {
+    /// Owned by user space (new, dequeued or returned by STREAMOFF).
+    Idle,
+    /// PREPARE_BUF done, not queued yet.
+    Prepared,
+    /// Queued, waiting for the device.
+    Queued,
+}
+
+/// Backing of one plane.
+enum Backing {
+    /// A memfd registered with the MMAP manager at `offset`.
+    Mmap { fd: MemFdBuffer, offset: u32 },
+    /// Guest pages of the last QBUF/PREPARE_BUF (consumed when the buffer is processed).
+    User(Vec<SgEntry>),
+}
+
+struct Buf {
+    state: BufState,
+    /// Plane sizes given at allocation (the format's, or CREATE_BUFS'): what a capture frame
+    /// fills, and the least a USERPTR plane must hold.
+    sizes: Vec<u32>,
+    /// What QUERYBUF reports and DQBUF events carry.
+    v4l2: V4l2Buffer,
+    planes: Vec<Backing>,
+}
+
+struct Queue {
+    qtype: QueueType,
+    memory: MemoryType,
+    bufs: Vec<Buf>,
+    queued: VecDeque<usize>,
+    streaming: bool,
+    sequence: u32,
+    /// Format of M2M queues (per session); capture/output devices keep theirs device-wide.
+    fmt: Format,
+}
+
+impl Queue {
+    fn new(qtype: QueueType, fmt: Format) -> Self {
+        Self {
+            qtype,
+            memory: MemoryType::Mmap,
+            bufs: Vec::new(),
+            queued: VecDeque::new(),
+            streaming: false,
+            sequence: 0,
+            fmt,
+        }
+    }
+
+    /// STREAMOFF: every buffer goes back to user space, unprepared.
+    fn stop(&mut self) {
+        self.streaming = false;
+        self.queued.clear();
+        for b in &mut self.bufs {
+            b.state = BufState::Idle;
+            b.v4l2
+                .clear_flags(BufferFlags::QUEUED | BufferFlags::PREPARED | BufferFlags::DONE);
+            for p in &mut b.planes {
+                if let Backing::User(sgs) = p {
+                    sgs.clear();
+                }
+            }
+        }
+    }
+}
+
+/// Session (open file) state.
+pub struct TestSession {
+    id: u32,
+    capture: Option<Queue>,
+    output: Option<Queue>,
+}
+
+impl VirtioMediaDeviceSession for TestSession {
+    fn poll_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
+}
+
+impl TestSession {
+    fn queue(&self, t: QueueType) -> Result<&Queue, i32> {
+        [&self.capture, &self.output]
+            .into_iter()
+            .flatten()
+            .find(|q| q.qtype == t)
+            .ok_or(libc::EINVAL)
+    }
+
+    fn queue_mut(&mut self, t: QueueType) -> Result<&mut Queue, i32> {
+        [&mut self.capture, &mut self.output]
+            .into_iter()
+            .flatten()
+            .find(|q| q.qtype == t)
+            .ok_or(libc::EINVAL)
+    }
+}
+
+pub struct TestDevice<Q: VirtioMediaEventQueue, HM: VirtioMediaHostMemoryMapper> {
+    spec: Spec,
+    evt: Q,
+    mmap: MmapMappingManager<HM>,
+    guest: GuestMapper,
+    /// Formats of a capture/output device (shared by its sessions): [capture, output].
+    shared_fmt: [Format; 2],
+    /// Capture/output devices: the session that owns buffers (one at a time, like hardware).
+    owner: Option<u32>,
+    start: Instant,
+    /// Last timestamp handed out, in µs since `start` (strictly increasing).
+    last_us: u64,
+}
+
+impl<Q, HM> TestDevice<Q, HM>
+where
+    Q: VirtioMediaEventQueue,
+    HM: VirtioMediaHostMemoryMapper,
+{
+    pub fn new(spec: Spec, evt: Q, host: HM, guest: GuestMapper) -> Self {
+        let f = spec.default_format();
+        Self {
+            spec,
+            evt,
+            mmap: MmapMappingManager::from(host),
+            guest,
+            shared_fmt: [f, f],
+            owner: None,
+            start: Instant::now(),
+            last_us: 0,
+        }
+    }
+
+    fn is_m2m(&self) -> bool {
+        self.spec.kind == Kind::M2m
+    }
+
+    fn fmt_of(&self, s: &TestSession, t: QueueType) -> Result<Format, i32> {
+        let q = s.queue(t)?;
+        Ok(if self.is_m2m() {
+            q.fmt
+        } else {
+            self.shared_fmt[usize::from(!is_capture(t))]
+        })
+    }
+
+    /// Monotonic capture timestamp: time since the device started plus 1 s, never repeated.
+    fn next_timestamp(&mut self) -> bindings::timeval {
+        let now = self.start.elapsed().as_micros() as u64 + 1_000_000;
+        self.last_us = now.max(self.last_us + 1);
+        bindings::timeval {
+            tv_sec: (self.last_us / 1_000_000) as bindings::__time_t,
+            tv_usec: (self.last_us % 1_000_000) as bindings::__suseconds_t,
+        }
+    }
+
+    fn timestamp_flags(&self, t: QueueType) -> BufferFlags {
+        if self.spec.kind == Kind::Capture || (is_capture(t) && !self.is_m2m()) {
+            BufferFlags::TIMESTAMP_MONOTONIC
+        } else {
+            BufferFlags::TIMESTAMP_COPY
+        }
+    }
+
+    /// `v4l2_format` of `fmt` for buffer type `t`.
+    fn v4l2_format(&self, t: QueueType, fmt: Format) -> Result<v4l2_format, i32> {
+        let planes = layout(&fmt.fourcc, fmt.width, fmt.height).ok_or(libc::EINVAL)?;
+        let pixelformat = u32::from_le_bytes(fmt.fourcc);
+        let mut out = v4l2_format {
+            type_: t as u32,
+            ..Default::default()
+        };
+        if t.is_multiplanar() {
+            let mut pix = bindings::v4l2_pix_format_mplane {
+                width: fmt.width,
+                height: fmt.height,
+                pixelformat,
+                field: bindings::v4l2_field_V4L2_FIELD_NONE,
+                colorspace: fmt.color.colorspace,
+                num_planes: planes.len() as u8,
+                __bindgen_anon_1: bindings::v4l2_pix_format_mplane__bindgen_ty_1 {
+                    ycbcr_enc: fmt.color.ycbcr_enc as u8,
+                },
+                quantization: fmt.color.quantization as u8,
+                xfer_func: fmt.color.xfer_func as u8,
+                ..Default::default()
+            };
+            for (dst, src) in pix.plane_fmt.iter_mut().zip(&planes) {
+                dst.bytesperline = src.bytesperline;
+                dst.sizeimage = src.sizeimage;
+            }
+            out.fmt.pix_mp = pix;
+        } else {
+            let p = planes.first().ok_or(libc::EINVAL)?;
+            out.fmt.pix = bindings::v4l2_pix_format {
+                width: fmt.width,
+                height: fmt.height,
+                pixelformat,
+                field: bindings::v4l2_field_V4L2_FIELD_NONE,
+                bytesperline: p.bytesperline,
+                sizeimage: p.sizeimage,
+                colorspace: fmt.color.colorspace,
+                __bindgen_anon_1: bindings::v4l2_pix_format__bindgen_ty_1 {
+                    ycbcr_enc: fmt.color.ycbcr_enc,
+                },
+                quantization: fmt.color.quantization,
+                xfer_func: fmt.color.xfer_func,
+                ..Default::default()
+            };
+        }
+        Ok(out)
+    }
+
+    /// The format the device picks for a S_FMT/TRY_FMT request.
+    fn try_format(&self, s: &TestSession, t: QueueType, f: &v4l2_format) -> Format {
+        let (pixfmt, w, h, asked) = if t.is_multiplanar() {
+            // SAFETY: an MPLANE buffer type selects the `pix_mp` member (the crate checked `t`
+            // against `f.type_`); every bit pattern is valid for these integers (also for the
+            // `ycbcr_enc`/`hsv_enc` union of two u8).
+            let p = unsafe { f.fmt.pix_mp };
+            let ycbcr = unsafe { p.__bindgen_anon_1.ycbcr_enc };
+            let c = Colorimetry {
+                colorspace: p.colorspace,
+                xfer_func: p.xfer_func.into(),
+                ycbcr_enc: ycbcr.into(),
+                quantization: p.quantization.into(),
+            };
+            (p.pixelformat, p.width, p.height, c)
+        } else {
+            // SAFETY: a single-planar video type selects the `pix` member; plain integers (the
+            // union is two u32).
+            let p = unsafe { f.fmt.pix };
+            let ycbcr = unsafe { p.__bindgen_anon_1.ycbcr_enc };
+            let c = Colorimetry {
+                colorspace: p.colorspace,
+                xfer_func: p.xfer_func,
+                ycbcr_enc: ycbcr,
+                quantization: p.quantization,
+            };
+            (p.pixelformat, p.width, p.height, c)
+        };
+        let mut fmt = self.spec.adjust(pixfmt, w, h);
+        if self.is_m2m() {
+            fmt.color = if is_capture(t) {
+                // CAPTURE follows OUTPUT.
+                s.output.as_ref().map(|q| q.fmt.color).unwrap_or_default()
+            } else {
+                sane_colorimetry(asked)
+            };
+        }
+        fmt
+    }
+
+    /// Whether queue `t` of session `s` may change its format or buffers (else `EBUSY`).
+    fn check_owner(&self, s: &TestSession) -> Result<(), i32> {
+        match self.owner {
+            Some(o) if !self.is_m2m() && o != s.id => Err(libc::EBUSY),
+            _ => Ok(()),
+        }
+    }
+
+    fn unregister(&mut self, q: &mut Queue) {
+        for b in q.bufs.drain(..) {
+            for p in b.planes {
+                if let Backing::Mmap { offset, .. } = p {
+                    self.mmap.unregister_buffer(offset);
+                }
+            }
+        }
+        q.queued.clear();
+    }
+
+    /// Allocates buffers `first..first + count` of queue `q` with plane sizes `sizes`.
+    fn alloc(
+        &mut self,
+        q: &mut Queue,
+        memory: MemoryType,
+        count: u32,
+        sizes: &[u32],
+    ) -> Result<u32, i32> {
+        let first = q.bufs.len() as u32;
+        let count = count.min(MAX_BUFFERS.saturating_sub(first));
+        let tflags = self.timestamp_flags(q.qtype);
+        for index in first..first + count {
+            let mut v4l2 = new_buffer(q.qtype, index, memory, sizes)?;
+            v4l2.set_field(BufferField::None);
+            v4l2.set_flags(tflags);
+            let mut planes = Vec::with_capacity(sizes.len());
+            for &size in sizes {
+                planes.push(match memory {
+                    MemoryType::Mmap => {
+                        let fd = MemFdBuffer::new(size as u64).map_err(|e| {
+                            warn!("cannot allocate a {size}-byte MMAP buffer: {e:#}");
+                            libc::ENOMEM
+                        })?;
+                        let offset = self
+                            .mmap
+                            .register_buffer(None, size)
+                            .map_err(|_| libc::ENOMEM)?;
+                        Backing::Mmap { fd, offset }
+                    }
+                    _ => Backing::User(Vec::new()),
+                });
+            }
+            match v4l2.planes_with_backing_iter_mut() {
+                V4l2PlanesWithBackingMut::Mmap(it) => {
+                    for ((mut p, size), b) in it.zip(sizes).zip(&planes) {
+                        *p.length = *size;
+                        if let Backing::Mmap { offset, .. } = b {
+                            p.set_mem_offset(*offset);
+                        }
+                    }
+                }
+                V4l2PlanesWithBackingMut::UserPtr(it) => {
+                    for (mut p, size) in it.zip(sizes) {
+                        *p.length = *size;
+                    }
+                }
+                _ => return Err(libc::EINVAL),
+            }
+            q.bufs.push(Buf {
+                state: BufState::Idle,
+                sizes: sizes.to_vec(),
+                v4l2,
+                planes,
+            });
+        }
+        q.memory = memory;
+        Ok(count)
+    }
+
+    fn buf_caps() -> u32 {
+        (BufferCapabilities::SUPPORTS_MMAP
+            | BufferCapabilities::SUPPORTS_USERPTR
+            | BufferCapabilities::SUPPORTS_ORPHANED_BUFS)
+            .bits()
+    }
+
+    /// Checks a QBUF/PREPARE_BUF request against the buffer and takes what it brings: for
+    /// USERPTR the guest pages of each plane (at least the plane's size, else `EINVAL`), for
+    /// OUTPUT queues bytesused (0 means the whole plane), data_offset and the timestamp.
+    fn accept(
+        &mut self,
+        s: &mut TestSession,
+        buffer: &V4l2Buffer,
+        regions: Vec<Vec<SgEntry>>,
+        prepare: bool,
+    ) -> Result<usize, i32> {
+        let t = buffer.queue();
+        let q = s.queue_mut(t)?;
+        let index = buffer.index() as usize;
+        if buffer.memory() != q.memory {
+            return Err(libc::EINVAL);
+        }
+        let b = q.bufs.get_mut(index).ok_or(libc::EINVAL)?;
+        match (b.state, prepare) {
+            (BufState::Queued, _) | (BufState::Prepared, true) => return Err(libc::EINVAL),
+            _ => (),
+        }
+        let nplanes = b.planes.len();
+        if buffer.num_planes() < nplanes {
+            return Err(libc::EINVAL);
+        }
+        let sizes = b.sizes.clone();
+        // What an OUTPUT plane may carry: its size (MMAP) or the user's buffer (USERPTR).
+        let mut caps = sizes.clone();
+        // QBUF of a prepared buffer uses what PREPARE_BUF took (vb2 ignores the new pointers).
+        let prepared = !prepare && b.state == BufState::Prepared;
+        if q.memory == MemoryType::UserPtr && !prepared {
+            // The crate reads an SG list for each plane of non-zero length, in plane order.
+            let lens: Vec<u32> = buffer.planes_iter().map(|p| *p.length).collect();
+            if lens.iter().take(nplanes).any(|&l| l == 0) || regions.len() < nplanes {
+                return Err(libc::EINVAL);
+            }
+            let mut regions = regions;
+            for (p, sgs) in regions.iter_mut().enumerate().take(nplanes) {
+                let total: u64 = sgs.iter().map(|sg| u64::from(sg.len)).sum();
+                // Only the plane's bytes (at most MAX_PLANE) are ever mapped.
+                let cap = total.min(u64::from(lens[p])).min(u64::from(MAX_PLANE)) as u32;
+                trim_sgs(sgs, cap);
+                caps[p] = cap;
+                if lens[p] < sizes[p] || total < u64::from(sizes[p]) {
+                    warn!(
+                        "USERPTR plane {p}: {} bytes in {} SG entries, length {}, needs {}",
+                        total,
+                        sgs.len(),
+                        lens[p],
+                        sizes[p]
+                    );
+                    return Err(libc::EINVAL);
+                }
+            }
+            for (backing, sgs) in b.planes.iter_mut().zip(regions) {
+                *backing = Backing::User(sgs);
+            }
+            // Echo the user's pointers and lengths back, as vb2 does.
+            let mut v = buffer.clone();
+            v.set_flags(b.v4l2.flags());
+            v.set_field(BufferField::None);
+            // Shrinks only (num_planes >= nplanes was checked above).
+            v.set_num_planes(nplanes).map_err(|_| libc::EINVAL)?;
+            b.v4l2 = v;
+        }
+        if !is_capture(t) && !prepared {
+            let mut used = Vec::with_capacity(nplanes);
+            for (p, src) in buffer.planes_iter().take(nplanes).enumerate() {
+                let len = caps[p];
+                let bytesused = if *src.bytesused == 0 {
+                    len
+                } else {
+                    *src.bytesused
+                };
+                let off = src.data_offset.copied().unwrap_or(0);
+                if bytesused > len || (off != 0 && off >= bytesused) {
+                    return Err(libc::EINVAL);
+                }
+                used.push((bytesused, off));
+            }
+            for (dst, (bytesused, off)) in b.v4l2.planes_iter_mut().zip(used) {
+                *dst.bytesused = bytesused;
+                if let Some(d) = dst.data_offset {
+                    *d = off;
+                }
+            }
+        }
+        // Not done yet: no sequence; a timestamp only on a queued OUTPUT buffer (copied to the
+        // buffers it produces), as vb2 reports them.
+        b.v4l2.set_sequence(0);
+        let ts = if !is_capture(t) && !prepare {
+            buffer.timestamp()
+        } else {
+            bindings::timeval::default()
+        };
+        b.v4l2.set_timestamp(ts);
+        Ok(index)
+    }
+
+    /// Reads the payload (bytesused bytes) of each plane of OUTPUT buffer `b`.
+    fn read_planes(&self, b: &mut Buf) -> Result<Vec<Vec<u8>>, i32> {
+        let used: Vec<u32> = b.v4l2.planes_iter().map(|p| *p.bytesused).collect();
+        let mut out = Vec::with_capacity(b.planes.len());
+        for (backing, n) in b.planes.iter_mut().zip(used) {
+            let mut data = vec![0u8; n as usize];
+            match backing {
+                Backing::Mmap { fd, .. } => {
+                    fd.as_file().read_exact_at(&mut data, 0).map_err(|e| {
+                        warn!("reading an MMAP buffer: {e}");
+                        libc::EIO
+                    })?;
+                }
+                Backing::User(sgs) => {
+                    let m = self.guest.new_mapping(std::mem::take(sgs)).map_err(|e| {
+                        warn!("reading USERPTR guest pages: {e:#}");
+                        libc::EFAULT
+                    })?;
+                    let src = m.data().get(..n as usize).ok_or(libc::EINVAL)?;
+                    data.copy_from_slice(src);
+                }
+            }
+            out.push(data);
+        }
+        Ok(out)
+    }
+
+    /// Writes plane payloads into CAPTURE buffer `b` (each cut to its plane) and sets bytesused.
+    fn write_planes(&self, b: &mut Buf, data: &[Vec<u8>]) -> Result<(), i32> {
+        let mut used = Vec::with_capacity(b.planes.len());
+        for (p, backing) in b.planes.iter_mut().enumerate() {
+            let src: &[u8] = data.get(p).map(|d| d.as_slice()).unwrap_or(&[]);
+            let cap = match backing {
+                Backing::Mmap { .. } => b.sizes.get(p).copied().unwrap_or(0) as usize,
+                Backing::User(sgs) => sgs.iter().map(|sg| sg.len as usize).sum(),
+            };
+            let n = src.len().min(cap);
+            match backing {
+                Backing::Mmap { fd, .. } => {
+                    fd.as_file().write_all_at(&src[..n], 0).map_err(|e| {
+                        warn!("writing an MMAP buffer: {e}");
+                        libc::EIO
+                    })?;
+                }
+                Backing::User(sgs) => {
+                    let mut m = self.guest.new_mapping(std::mem::take(sgs)).map_err(|e| {
+                        warn!("mapping USERPTR guest pages: {e:#}");
+                        libc::EFAULT
+                    })?;
+                    let dst = m.data_mut().get_mut(..n).ok_or(libc::EINVAL)?;
+                    dst.copy_from_slice(&src[..n]);
+                    // Dropping `m` writes the pages back.
+                }
+            }
+            used.push(n as u32);
+        }
+        for (dst, n) in b.v4l2.planes_iter_mut().zip(used) {
+            *dst.bytesused = n;
+            if let Some(d) = dst.data_offset {
+                *d = 0;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands buffer `b` back to the driver with a DQBUF event.
+    fn complete(evt: &mut Q, session: u32, b: &mut Buf, seq: u32, error: bool) {
+        b.state = BufState::Idle;
+        b.v4l2
+            .clear_flags(BufferFlags::QUEUED | BufferFlags::PREPARED | BufferFlags::DONE);
+        if error {
+            b.v4l2.add_flags(BufferFlags::ERROR);
+        }
+        b.v4l2.set_sequence(seq);
+        b.v4l2.set_field(BufferField::None);
+        let out = b.v4l2.clone();
+        b.v4l2.clear_flags(BufferFlags::ERROR);
+        evt.send_event(V4l2Event::DequeueBuffer(DequeueBufferEvent::new(
+            session, out,
+        )));
+    }
+
+    /// Runs whatever the session's queues allow now.
+    fn process(&mut self, s: &mut TestSession) {
+        match self.spec.kind {
+            Kind::Capture => self.process_capture(s),
+            Kind::Output => self.process_output(s),
+            Kind::M2m => self.process_m2m(s),
+        }
+    }
+
+    fn process_capture(&mut self, s: &mut TestSession) {
+        let Some(q) = s.capture.as_mut() else { return };
+        if !q.streaming {
+            return;
+        }
+        while let Some(i) = q.queued.pop_front() {
+            let seq = q.sequence;
+            q.sequence = q.sequence.wrapping_add(1);
+            let ts = self.next_timestamp();
+            let Some(b) = q.bufs.get_mut(i) else { continue };
+            let data: Vec<Vec<u8>> = b
+                .sizes
+                .iter()
+                .enumerate()
+                .map(|(p, &size)| {
+                    let mut v = vec![0u8; size as usize];
+                    fill_pattern(&mut v, seq, p);
+                    v
+                })
+                .collect();
+            let res = self.write_planes(b, &data);
+            b.v4l2.set_timestamp(ts);
+            Self::complete(&mut self.evt, s.id, b, seq, res.is_err());
+        }
+    }
+
+    fn process_output(&mut self, s: &mut TestSession) {
+        let Some(q) = s.output.as_mut() else { return };
+        if !q.streaming {
+            return;
+        }
+        while let Some(i) = q.queued.pop_front() {
+            let seq = q.sequence;
+            q.sequence = q.sequence.wrapping_add(1);
+            let Some(b) = q.bufs.get_mut(i) else { continue };
+            let res = self.read_planes(b);
+            match &res {
+                Ok(planes) => {
+                    let all: Vec<u8> = planes.concat();
+                    info!(
+                        "output frame {seq} bytesused {} crc32 {:08x}",
+                        all.len(),
+                        crc32(&all)
+                    );
+                }
+                Err(e) => warn!("output frame {seq}: cannot read it (errno {e})"),
+            }
+            Self::complete(&mut self.evt, s.id, b, seq, res.is_err());
+        }
+    }
+
+    fn process_m2m(&mut self, s: &mut TestSession) {
+        let (Some(out), Some(cap)) = (s.output.as_mut(), s.capture.as_mut()) else {
+            return;
+        };
+        if !out.streaming || !cap.streaming {
+            return;
+        }
+        while !out.queued.is_empty() && !cap.queued.is_empty() {
+            let (Some(oi), Some(ci)) = (out.queued.pop_front(), cap.queued.pop_front()) else {
+                break;
+            };
+            let oseq = out.sequence;
+            out.sequence = out.sequence.wrapping_add(1);
+            let cseq = cap.sequence;
+            cap.sequence = cap.sequence.wrapping_add(1);
+            let (Some(ob), Some(cb)) = (out.bufs.get_mut(oi), cap.bufs.get_mut(ci)) else {
+                continue;
+            };
+            let res = self
+                .read_planes(ob)
+                .and_then(|data| self.write_planes(cb, &data));
+            cb.v4l2.set_timestamp(ob.v4l2.timestamp());
+            Self::complete(&mut self.evt, s.id, ob, oseq, false);
+            Self::complete(&mut self.evt, s.id, cb, cseq, res.is_err());
+        }
+    }
+}
+
+// `v4l2_buffer` (64-bit layout, 88 bytes) and `v4l2_plane` (64 bytes) offsets.
+const BUF_INDEX: usize = 0;
+const BUF_TYPE: usize = 4;
+const BUF_BYTESUSED: usize = 8;
+const BUF_SIZE: usize = 88;
+const PLANE_BYTESUSED: usize = 0;
+const PLANE_DATA_OFFSET: usize = 16;
+const PLANE_SIZE: usize = 64;
+
+impl<Q, HM> TestDevice<Q, HM>
+where
+    Q: VirtioMediaEventQueue,
+    HM: VirtioMediaHostMemoryMapper,
+{
+    /// QBUF of a PREPARED buffer: vb2 ignores the payload fields (the prepared values stand),
+    /// but the crate's parser refuses `bytesused > length` before we see the buffer; put the
+    /// prepared values into the request so that it parses.
+    fn fix_prepared_qbuf(&self, s: &TestSession, reader: &mut CmdReader) {
+        let pos = reader.position() as usize;
+        let data = reader.get_mut();
+        let word = |d: &[u8], o: usize| {
+            d.get(pos + o..pos + o + 4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let (Some(index), Some(t)) = (word(data, BUF_INDEX), word(data, BUF_TYPE)) else {
+            return;
+        };
+        let Some(t) = QueueType::n(t) else { return };
+        let Ok(q) = s.queue(t) else { return };
+        let Some(b) = q.bufs.get(index as usize) else {
+            return;
+        };
+        if b.state != BufState::Prepared {
+            return;
+        }
+        let mut put = |o: usize, v: u32| {
+            if let Some(d) = data.get_mut(pos + o..pos + o + 4) {
+                d.copy_from_slice(&v.to_le_bytes());
+            }
+        };
+        if t.is_multiplanar() {
+            for (i, p) in b.v4l2.planes_iter().enumerate() {
+                let base = BUF_SIZE + i * PLANE_SIZE;
+                put(base + PLANE_BYTESUSED, *p.bytesused);
+                put(
+                    base + PLANE_DATA_OFFSET,
+                    p.data_offset.copied().unwrap_or(0),
+                );
+            }
+        } else {
+            put(BUF_BYTESUSED, *b.v4l2.get_first_plane().bytesused);
+        }
+    }
+}
+
+impl<Q, HM> VirtioMediaDevice<CmdReader, CmdWriter> for TestDevice<Q, HM>
+where
+    Q: VirtioMediaEventQueue,
+    HM: VirtioMediaHostMemoryMapper,
+{
+    type Session = TestSession;
+
+    fn new_session(&mut self, id: u32) -> Result<TestSession, i32> {
+        let f = self.spec.default_format();
+        Ok(TestSession {
+            id,
+            capture: self.spec.capture_type().map(|t| Queue::new(t, f)),
+            output: self.spec.output_type().map(|t| Queue::new(t, f)),
+        })
+    }
+
+    fn close_session(&mut self, mut s: TestSession) {
+        if self.owner == Some(s.id) {
+            self.owner = None;
+        }
+        for q in [s.capture.take(), s.output.take()].into_iter().flatten() {
+            let mut q = q;
+            self.unregister(&mut q);
+        }
+    }
+
+    fn do_ioctl(
+        &mut self,
+        session: &mut TestSession,
+        ioctl: V4l2Ioctl,
+        reader: &mut CmdReader,
+        writer: &mut CmdWriter,
+    ) -> IoResult<()> {
+        if ioctl == V4l2Ioctl::VIDIOC_QBUF {
+            self.fix_prepared_qbuf(session, reader);
+        }
+        match ioctl {
+            // The crate's dispatcher unwraps the event type; no events here anyway.
+            V4l2Ioctl::VIDIOC_SUBSCRIBE_EVENT | V4l2Ioctl::VIDIOC_UNSUBSCRIBE_EVENT => {
+                writer.write_err_response(libc::ENOTTY)
+            }
+            _ => virtio_media_dispatch_ioctl(self, session, ioctl, reader, writer),
+        }
+    }
+
+    fn do_mmap(
+        &mut self,
+        session: &mut TestSession,
+        flags: u32,
+        offset: u32,
+    ) -> Result<(u64, u64), i32> {
+        let rw = flags & VIRTIO_MEDIA_MMAP_FLAG_RW != 0;
+        let fd = [&session.capture, &session.output]
+            .into_iter()
+            .flatten()
+            .flat_map(|q| q.bufs.iter())
+            .flat_map(|b| b.planes.iter())
+            .find_map(|p| match p {
+                Backing::Mmap { fd, offset: o } if *o == offset => Some(fd),
+                _ => None,
+            })
+            .ok_or(libc::EINVAL)?;
+        self.mmap
+            .create_mapping(offset, fd.as_file().as_fd(), rw)
+            .map_err(|_| libc::EINVAL)
+    }
+
+    fn do_munmap(&mut self, guest_addr: u64) -> Result<(), i32> {
+        self.mmap
+            .remove_mapping(guest_addr)
+            .map(|_| ())
+            .map_err(|_| libc::EINVAL)
+    }
+}
+
+fn name32(s: &[u8]) -> [u8; 32] {
+    let mut n = [0u8; 32];
+    let l = s.len().min(31);
+    n[..l].copy_from_slice(&s[..l]);
+    n
+}
+
+impl<Q, HM> VirtioMediaIoctlHandler for TestDevice<Q, HM>
+where
+    Q: VirtioMediaEventQueue,
+    HM: VirtioMediaHostMemoryMapper,
+{
+    type Session = TestSession;
+
+    fn enum_fmt(&mut self, s: &TestSession, t: QueueType, index: u32) -> IoctlResult<v4l2_fmtdesc> {
+        s.queue(t)?;
+        let f = self.spec.formats.get(index as usize).ok_or(libc::EINVAL)?;
+        let mut d = v4l2_fmtdesc {
+            index,
+            type_: t as u32,
+            pixelformat: PixelFormat::from_fourcc(f).to_u32(),
+            ..Default::default()
+        };
+        let name = description(f);
+        d.description[..name.len()].copy_from_slice(name);
+        Ok(d)
+    }
+
+    fn g_fmt(&mut self, s: &TestSession, t: QueueType) -> IoctlResult<v4l2_format> {
+        let f = self.fmt_of(s, t)?;
+        self.v4l2_format(t, f)
+    }
+
+    fn try_fmt(
+        &mut self,
+        s: &TestSession,
+        t: QueueType,
+        f: v4l2_format,
+    ) -> IoctlResult<v4l2_format> {
+        s.queue(t)?;
+        let f = self.try_format(s, t, &f);
+        self.v4l2_format(t, f)
+    }
+
+    fn s_fmt(
+        &mut self,
+        s: &mut TestSession,
+        t: QueueType,
+        f: v4l2_format,
+    ) -> IoctlResult<v4l2_format> {
+        let new = self.try_format(s, t, &f);
+        let m2m = self.is_m2m();
+        let busy = {
+            let q = s.queue(t)?;
+            !q.bufs.is_empty() || q.streaming
+        };
+        // Another session's buffers pin a capture/output device's format too.
+        let other_owner = !m2m && matches!(self.owner, Some(o) if o != s.id);
+        if busy || other_owner {
+            if self.fmt_of(s, t)? == new {
+                return self.v4l2_format(t, new);
+            }
+            return Err(libc::EBUSY);
+        }
+        if m2m {
+            s.queue_mut(t)?.fmt = new;
+            if !is_capture(t) {
+                // CAPTURE's colorimetry follows OUTPUT's.
+                if let Some(c) = s.capture.as_mut() {
+                    c.fmt.color = new.color;
+                }
+            }
+        } else {
+            self.shared_fmt[usize::from(!is_capture(t))] = new;
+        }
+        self.v4l2_format(t, new)
+    }
+
+    fn enum_framesizes(
+        &mut self,
+        _s: &TestSession,
+        index: u32,
+        pixel_format: u32,
+    ) -> IoctlResult<bindings::v4l2_frmsizeenum> {
+        if !self
+            .spec
+            .formats
+            .iter()
+            .any(|f| u32::from_le_bytes(*f) == pixel_format)
+        {
+            return Err(libc::EINVAL);
+        }
+        let &(width, height) = self.spec.sizes.get(index as usize).ok_or(libc::EINVAL)?;
+        Ok(bindings::v4l2_frmsizeenum {
+            index,
+            pixel_format,
+            type_: bindings::v4l2_frmsizetypes_V4L2_FRMSIZE_TYPE_DISCRETE,
+            __bindgen_anon_1: bindings::v4l2_frmsizeenum__bindgen_ty_1 {
+                discrete: bindings::v4l2_frmsize_discrete { width, height },
+            },
+            ..Default::default()
+        })
+    }
+
+    fn enum_frameintervals(
+        &mut self,
+        _s: &TestSession,
+        index: u32,
+        pixel_format: u32,
+        width: u32,
+        height: u32,
+    ) -> IoctlResult<bindings::v4l2_frmivalenum> {
+        if self.is_m2m() {
+            // M2M devices other than encoders have no frame intervals (v4l2-compliance).
+            return Err(libc::ENOTTY);
+        }
+        if index > 0
+            || !self
+                .spec
+                .formats
+                .iter()
+                .any(|f| u32::from_le_bytes(*f) == pixel_format)
+            || !self.spec.sizes.contains(&(width, height))
+        {
+            return Err(libc::EINVAL);
+        }
+        Ok(bindings::v4l2_frmivalenum {
+            index,
+            pixel_format,
+            width,
+            height,
+            type_: bindings::v4l2_frmivaltypes_V4L2_FRMIVAL_TYPE_DISCRETE,
+            __bindgen_anon_1: bindings::v4l2_frmivalenum__bindgen_ty_1 {
+                discrete: bindings::v4l2_fract {
+                    numerator: 1,
+                    denominator: FPS,
+                },
+            },
+            ..Default::default()
+        })
+    }
+
+    fn g_parm(&mut self, s: &TestSession, t: QueueType) -> IoctlResult<bindings::v4l2_streamparm> {
+        if self.is_m2m() {
+            return Err(libc::ENOTTY);
+        }
+        s.queue(t)?;
+        let mut parm = bindings::v4l2_streamparm {
+            type_: t as u32,
+            ..Default::default()
+        };
+        let tpf = bindings::v4l2_fract {
+            numerator: 1,
+            denominator: FPS,
+        };
+        if is_capture(t) {
+            parm.parm.capture = bindings::v4l2_captureparm {
+                capability: bindings::V4L2_CAP_TIMEPERFRAME,
+                timeperframe: tpf,
+                readbuffers: 0,
+                ..Default::default()
+            };
+        } else {
+            parm.parm.output = bindings::v4l2_outputparm {
+                capability: bindings::V4L2_CAP_TIMEPERFRAME,
+                timeperframe: tpf,
+                ..Default::default()
+            };
+        }
+        Ok(parm)
+    }
+
+    fn s_parm(
+        &mut self,
+        s: &mut TestSession,
+        parm: bindings::v4l2_streamparm,
+    ) -> IoctlResult<bindings::v4l2_streamparm> {
+        // A fixed frame rate: S_PARM answers what G_PARM says.
+        let t = QueueType::n(parm.type_).ok_or(libc::EINVAL)?;
+        self.g_parm(s, t)
+    }
+
+    fn enuminput(&mut self, _s: &TestSession, index: u32) -> IoctlResult<bindings::v4l2_input> {
+        if self.spec.kind != Kind::Capture || index > 0 {
+            return Err(if self.spec.kind != Kind::Capture {
+                libc::ENOTTY
+            } else {
+                libc::EINVAL
+            });
+        }
+        Ok(bindings::v4l2_input {
+            index,
+            name: name32(b"Pattern"),
+            type_: bindings::V4L2_INPUT_TYPE_CAMERA,
+            ..Default::default()
+        })
+    }
+
+    fn g_input(&mut self, _s: &TestSession) -> IoctlResult<i32> {
+        if self.spec.kind != Kind::Capture {
+            return Err(libc::ENOTTY);
+        }
+        Ok(0)
+    }
+
+    fn s_input(&mut self, _s: &mut TestSession, input: i32) -> IoctlResult<i32> {
+        match (self.spec.kind, input) {
+            (Kind::Capture, 0) => Ok(0),
+            (Kind::Capture, _) => Err(libc::EINVAL),
+            _ => Err(libc::ENOTTY),
+        }
+    }
+
+    fn enumoutput(&mut self, _s: &TestSession, index: u32) -> IoctlResult<bindings::v4l2_output> {
+        if self.spec.kind != Kind::Output {
+            return Err(libc::ENOTTY);
+        }
+        if index > 0 {
+            return Err(libc::EINVAL);
+        }
+        Ok(bindings::v4l2_output {
+            index,
+            name: name32(b"Sink"),
+            type_: bindings::V4L2_OUTPUT_TYPE_ANALOG,
+            ..Default::default()
+        })
+    }
+
+    fn g_output(&mut self, _s: &TestSession) -> IoctlResult<i32> {
+        if self.spec.kind != Kind::Output {
+            return Err(libc::ENOTTY);
+        }
+        Ok(0)
+    }
+
+    fn s_output(&mut self, _s: &mut TestSession, output: i32) -> IoctlResult<i32> {
+        match (self.spec.kind, output) {
+            (Kind::Output, 0) => Ok(0),
+            (Kind::Output, _) => Err(libc::EINVAL),
+            _ => Err(libc::ENOTTY),
+        }
+    }
+
+    fn reqbufs(
+        &mut self,
+        s: &mut TestSession,
+        t: QueueType,
+        memory: MemoryType,
+        count: u32,
+        _flags: MemoryConsistency,
+    ) -> IoctlResult<v4l2_requestbuffers> {
+        if !matches!(memory, MemoryType::Mmap | MemoryType::UserPtr) {
+            return Err(libc::EINVAL);
+        }
+        let fmt = self.fmt_of(s, t)?;
+        if s.queue(t)?.streaming {
+            return Err(libc::EBUSY);
+        }
+        self.check_owner(s)?;
+        let sizes: Vec<u32> = layout(&fmt.fourcc, fmt.width, fmt.height)
+            .ok_or(libc::EINVAL)?
+            .iter()
+            .map(|p| p.sizeimage)
+            .collect();
+        let mut q = std::mem::replace(s.queue_mut(t)?, Queue::new(t, fmt));
+        self.unregister(&mut q);
+        q.memory = memory;
+        let res = if count == 0 {
+            Ok(0)
+        } else {
+            self.alloc(&mut q, memory, count, &sizes)
+        };
+        let has_bufs = !q.bufs.is_empty();
+        *s.queue_mut(t)? = q;
+        let count = res?;
+        if !self.is_m2m() {
+            let any = [&s.capture, &s.output]
+                .into_iter()
+                .flatten()
+                .any(|q| !q.bufs.is_empty());
+            self.owner = if has_bufs || any { Some(s.id) } else { None };
+        }
+        Ok(v4l2_requestbuffers {
+            count,
+            type_: t as u32,
+            memory: memory as u32,
+            capabilities: Self::buf_caps(),
+            flags: 0,
+            ..Default::default()
+        })
+    }
+
+    fn create_bufs(
+        &mut self,
+        s: &mut TestSession,
+        count: u32,
+        t: QueueType,
+        memory: MemoryType,
+        format: v4l2_format,
+    ) -> IoctlResult<bindings::v4l2_create_buffers> {
+        if !matches!(memory, MemoryType::Mmap | MemoryType::UserPtr) {
+            return Err(libc::EINVAL);
+        }
+        let fmt = self.fmt_of(s, t)?;
+        self.check_owner(s)?;
+        let need: Vec<u32> = layout(&fmt.fourcc, fmt.width, fmt.height)
+            .ok_or(libc::EINVAL)?
+            .iter()
+            .map(|p| p.sizeimage)
+            .collect();
+        // The sizes asked for: at least the current format's (vb2 queue_setup rule).
+        let sizes: Vec<u32> = if t.is_multiplanar() {
+            // SAFETY: MPLANE type (checked against `format.type_` by the crate): `pix_mp`.
+            let p = unsafe { format.fmt.pix_mp };
+            if p.num_planes as usize != need.len() {
+                return Err(libc::EINVAL);
+            }
+            p.plane_fmt[..need.len()]
+                .iter()
+                .map(|f| f.sizeimage)
+                .collect()
+        } else {
+            // SAFETY: single-planar video type: `pix`.
+            vec![unsafe { format.fmt.pix }.sizeimage]
+        };
+        if sizes
+            .iter()
+            .zip(&need)
+            .any(|(s, n)| s < n || *s > MAX_PLANE)
+        {
+            return Err(libc::EINVAL);
+        }
+        let mut q = std::mem::replace(s.queue_mut(t)?, Queue::new(t, fmt));
+        if !q.bufs.is_empty() && q.memory != memory {
+            *s.queue_mut(t)? = q;
+            return Err(libc::EINVAL);
+        }
+        let index = q.bufs.len() as u32;
+        let res = if count == 0 {
+            Ok(0)
+        } else {
+            self.alloc(&mut q, memory, count, &sizes)
+        };
+        let has_bufs = !q.bufs.is_empty();
+        *s.queue_mut(t)? = q;
+        let count = res?;
+        if !self.is_m2m() && has_bufs {
+            self.owner = Some(s.id);
+        }
+        Ok(bindings::v4l2_create_buffers {
+            index,
+            count,
+            memory: memory as u32,
+            format,
+            capabilities: Self::buf_caps(),
+            ..Default::default()
+        })
+    }
+
+    fn querybuf(&mut self, s: &TestSession, t: QueueType, index: u32) -> IoctlResult<V4l2Buffer> {
+        let q = s.queue(t)?;
+        let b = q.bufs.get(index as usize).ok_or(libc::EINVAL)?;
+        Ok(b.v4l2.clone())
+    }
+
+    fn prepare_buf(
+        &mut self,
+        s: &mut TestSession,
+        buffer: V4l2Buffer,
+        regions: Vec<Vec<SgEntry>>,
+    ) -> IoctlResult<V4l2Buffer> {
+        let i = self.accept(s, &buffer, regions, true)?;
+        let q = s.queue_mut(buffer.queue())?;
+        let b = q.bufs.get_mut(i).ok_or(libc::EINVAL)?;
+        b.state = BufState::Prepared;
+        b.v4l2.add_flags(BufferFlags::PREPARED);
+        Ok(b.v4l2.clone())
+    }
+
+    fn qbuf(
+        &mut self,
+        s: &mut TestSession,
+        buffer: V4l2Buffer,
+        regions: Vec<Vec<SgEntry>>,
+    ) -> IoctlResult<V4l2Buffer> {
+        let i = self.accept(s, &buffer, regions, false)?;
+        let q = s.queue_mut(buffer.queue())?;
+        let b = q.bufs.get_mut(i).ok_or(libc::EINVAL)?;
+        b.state = BufState::Queued;
+        b.v4l2
+            .clear_flags(BufferFlags::PREPARED | BufferFlags::DONE);
+        b.v4l2.add_flags(BufferFlags::QUEUED);
+        let answer = b.v4l2.clone();
+        q.queued.push_back(i);
+        self.process(s);
+        Ok(answer)
+    }
+
+    fn streamon(&mut self, s: &mut TestSession, t: QueueType) -> IoctlResult<()> {
+        let q = s.queue_mut(t)?;
+        if q.bufs.is_empty() {
+            return Err(libc::EINVAL);
+        }
+        if !q.streaming {
+            q.streaming = true;
+            q.sequence = 0;
+        }
+        self.process(s);
+        Ok(())
+    }
+
+    fn streamoff(&mut self, s: &mut TestSession, t: QueueType) -> IoctlResult<()> {
+        s.queue_mut(t)?.stop();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use virtio_media::io::ReadFromDescriptorChain;
+    use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+
+    #[derive(Clone, Default)]
+    struct Events(Arc<Mutex<usize>>);
+    impl VirtioMediaEventQueue for Events {
+        fn send_event(&mut self, _event: V4l2Event) {
+            *self.0.lock().unwrap() += 1;
+        }
+    }
+
+    struct NoShm;
+    impl VirtioMediaHostMemoryMapper for NoShm {
+        fn add_mapping(
+            &mut self,
+            _: std::os::fd::BorrowedFd,
+            _: u64,
+            _: u64,
+            _: bool,
+        ) -> Result<u64, i32> {
+            Err(libc::ENODEV)
+        }
+        fn remove_mapping(&mut self, _: u64) -> Result<(), i32> {
+            Err(libc::ENODEV)
+        }
+    }
+
+    type Dev = TestDevice<Events, NoShm>;
+
+    /// YUYV 16x8: one plane of 256 bytes.
+    const TINY: &[(u32, u32)] = &[(16, 8)];
+    const YUYV: &[[u8; 4]] = &[*b"YUYV"];
+
+    fn setup(kind: Kind) -> (Dev, TestSession, Events, GuestMemoryAtomic<GuestMemoryMmap>) {
+        let mem = GuestMemoryAtomic::new(
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 16)]).unwrap(),
+        );
+        let spec = Spec {
+            kind,
+            mplane: false,
+            formats: YUYV,
+            sizes: TINY,
+        };
+        let ev = Events::default();
+        let mut dev = TestDevice::new(spec, ev.clone(), NoShm, GuestMapper::new(mem.clone()));
+        let s = <Dev as VirtioMediaDevice<CmdReader, CmdWriter>>::new_session(&mut dev, 1).unwrap();
+        (dev, s, ev, mem)
+    }
+
+    fn sg(start: u64, len: u32) -> SgEntry {
+        let mut b = start.to_le_bytes().to_vec();
+        b.extend_from_slice(&len.to_le_bytes());
+        b.extend_from_slice(&[0; 4]);
+        std::io::Cursor::new(b).read_obj::<SgEntry>().unwrap()
+    }
+
+    fn userptr_buf(t: QueueType, bytesused: u32) -> V4l2Buffer {
+        let mut b = new_buffer(t, 0, MemoryType::UserPtr, &[256]).unwrap();
+        *b.get_first_plane_mut().bytesused = bytesused;
+        b
+    }
+
+    #[test]
+    fn userptr_capture_writes_the_pattern_into_guest_pages() {
+        let (mut dev, mut s, ev, mem) = setup(Kind::Capture);
+        let t = QueueType::VideoCapture;
+        let r = dev.reqbufs(
+            &mut s,
+            t,
+            MemoryType::UserPtr,
+            1,
+            MemoryConsistency::empty(),
+        );
+        assert_eq!(r.unwrap().count, 1);
+        dev.streamon(&mut s, t).unwrap();
+        // Two guest ranges, 100 + 156 bytes, as the driver's SG list of one plane.
+        dev.qbuf(
+            &mut s,
+            userptr_buf(t, 0),
+            vec![vec![sg(0x1000, 100), sg(0x3000, 156)]],
+        )
+        .unwrap();
+        assert_eq!(*ev.0.lock().unwrap(), 1);
+        let mut a = [0u8; 100];
+        let mut b = [0u8; 156];
+        mem.memory()
+            .read_slice(&mut a, GuestAddress(0x1000))
+            .unwrap();
+        mem.memory()
+            .read_slice(&mut b, GuestAddress(0x3000))
+            .unwrap();
+        let got: Vec<u8> = a.iter().chain(b.iter()).copied().collect();
+        // Frame 0, plane 0: byte i = i mod 251.
+        let want: Vec<u8> = (0..256).map(|i| (i % 251) as u8).collect();
+        assert_eq!(got, want);
+        // The second frame is sequence 1.
+        dev.qbuf(&mut s, userptr_buf(t, 0), vec![vec![sg(0x5000, 256)]])
+            .unwrap();
+        let mut c = [0u8; 4];
+        mem.memory()
+            .read_slice(&mut c, GuestAddress(0x5000))
+            .unwrap();
+        assert_eq!(c, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn userptr_sg_list_shorter_than_the_plane_is_einval() {
+        let (mut dev, mut s, ev, mem) = setup(Kind::Capture);
+        let t = QueueType::VideoCapture;
+        dev.reqbufs(
+            &mut s,
+            t,
+            MemoryType::UserPtr,
+            1,
+            MemoryConsistency::empty(),
+        )
+        .unwrap();
+        dev.streamon(&mut s, t).unwrap();
+        let short = vec![vec![sg(0x1000, 100), sg(0x3000, 155)]];
+        assert_eq!(
+            dev.qbuf(&mut s, userptr_buf(t, 0), short).err(),
+            Some(libc::EINVAL)
+        );
+        assert_eq!(
+            dev.qbuf(&mut s, userptr_buf(t, 0), vec![]).err(),
+            Some(libc::EINVAL)
+        );
+        // An entry far longer than the plane: only the plane's 256 bytes are mapped.
+        dev.qbuf(&mut s, userptr_buf(t, 0), vec![vec![sg(0x1000, u32::MAX)]])
+            .unwrap();
+        assert_eq!(*ev.0.lock().unwrap(), 1);
+        let mut got = [0xffu8; 257];
+        mem.memory()
+            .read_slice(&mut got, GuestAddress(0x1000))
+            .unwrap();
+        assert_eq!(&got[..4], &[0, 1, 2, 3]);
+        assert_eq!(got[255], (255 % 251) as u8);
+        assert_eq!(got[256], 0); // beyond the plane: untouched
+                                 // Outside guest memory: the buffer comes back flagged ERROR, nothing panics.
+        dev.qbuf(&mut s, userptr_buf(t, 0), vec![vec![sg(1 << 40, 256)]])
+            .unwrap();
+        assert_eq!(*ev.0.lock().unwrap(), 2);
+    }
+
+    #[test]
+    fn userptr_m2m_copies_output_to_capture() {
+        let (mut dev, mut s, ev, mem) = setup(Kind::M2m);
+        let (o, c) = (QueueType::VideoOutput, QueueType::VideoCapture);
+        let src: Vec<u8> = (0..256u32).map(|i| (i * 7 + 3) as u8).collect();
+        mem.memory()
+            .write_slice(&src, GuestAddress(0x2000))
+            .unwrap();
+        for t in [o, c] {
+            dev.reqbufs(
+                &mut s,
+                t,
+                MemoryType::UserPtr,
+                1,
+                MemoryConsistency::empty(),
+            )
+            .unwrap();
+            dev.streamon(&mut s, t).unwrap();
+        }
+        dev.qbuf(&mut s, userptr_buf(o, 256), vec![vec![sg(0x2000, 256)]])
+            .unwrap();
+        assert_eq!(*ev.0.lock().unwrap(), 0); // waits for a CAPTURE buffer
+        dev.qbuf(
+            &mut s,
+            userptr_buf(c, 0),
+            vec![vec![sg(0x8000, 200), sg(0x9000, 56)]],
+        )
+        .unwrap();
+        assert_eq!(*ev.0.lock().unwrap(), 2);
+        let mut a = vec![0u8; 200];
+        let mut b = vec![0u8; 56];
+        mem.memory()
+            .read_slice(&mut a, GuestAddress(0x8000))
+            .unwrap();
+        mem.memory()
+            .read_slice(&mut b, GuestAddress(0x9000))
+            .unwrap();
+        a.extend_from_slice(&b);
+        assert_eq!(a, src);
+        let q = s.queue(c).unwrap();
+        assert_eq!(*q.bufs[0].v4l2.get_first_plane().bytesused, 256);
+    }
+
+    #[test]
+    fn output_bytesused_beyond_length_is_einval() {
+        let (mut dev, mut s, _ev, _mem) = setup(Kind::Output);
+        let t = QueueType::VideoOutput;
+        dev.reqbufs(
+            &mut s,
+            t,
+            MemoryType::UserPtr,
+            1,
+            MemoryConsistency::empty(),
+        )
+        .unwrap();
+        let mut b = userptr_buf(t, 0);
+        // A raw buffer claiming 257 bytes used of 256.
+        *b.get_first_plane_mut().bytesused = 257;
+        assert_eq!(
+            dev.qbuf(&mut s, b, vec![vec![sg(0x1000, 256)]]).err(),
+            Some(libc::EINVAL)
+        );
+    }
+
+    #[test]
+    fn crc32_matches_zlib() {
+        // zlib.crc32(b"123456789") == 0xcbf43926
+        assert_eq!(crc32(b"123456789"), 0xcbf4_3926);
+        assert_eq!(crc32(b""), 0);
+    }
+
+    #[test]
+    fn pattern_fill_matches_formula() {
+        let mut v = vec![0u8; 1000];
+        fill_pattern(&mut v, 7, 2);
+        for (i, &b) in v.iter().enumerate() {
+            assert_eq!(b, pattern_byte(7, 2, i));
+        }
+        assert_eq!(pattern_byte(250, 0, 1), 0);
+    }
+
+    #[test]
+    fn layouts() {
+        assert_eq!(
+            layout(b"NM12", 640, 480).unwrap(),
+            vec![
+                PlaneLayout {
+                    bytesperline: 640,
+                    sizeimage: 307200
+                },
+                PlaneLayout {
+                    bytesperline: 640,
+                    sizeimage: 153600
+                }
+            ]
+        );
+        assert_eq!(layout(b"YM12", 320, 240).unwrap().len(), 3);
+        assert_eq!(layout(b"YUYV", 320, 240).unwrap()[0].sizeimage, 153600);
+        assert!(layout(b"XXXX", 320, 240).is_none());
+    }
+}
