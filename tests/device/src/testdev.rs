@@ -1024,6 +1024,12 @@ where
             V4l2Ioctl::VIDIOC_SUBSCRIBE_EVENT | V4l2Ioctl::VIDIOC_UNSUBSCRIBE_EVENT => {
                 writer.write_err_response(libc::ENOTTY)
             }
+            // An M2M device that is not a stateful encoder has no G/S_PARM at all: ENOTTY for
+            // every buffer type (the crate's dispatcher answers EINVAL for an unknown type
+            // before the handler is asked).
+            V4l2Ioctl::VIDIOC_G_PARM | V4l2Ioctl::VIDIOC_S_PARM if self.is_m2m() => {
+                writer.write_err_response(libc::ENOTTY)
+            }
             _ => virtio_media_dispatch_ioctl(self, session, ioctl, reader, writer),
         }
     }
