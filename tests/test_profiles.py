@@ -15,7 +15,7 @@ import zlib
 
 import pytest
 
-from guest import run_guest
+from guest import REPO, run_guest
 
 pytestmark = pytest.mark.guest
 
@@ -147,3 +147,27 @@ def test_m2m_loopback_returns_what_was_sent(io):
     out = (res.run_dir / "share" / "out.raw").read_bytes()
     assert len(src) == n * size
     assert out == src
+
+
+def test_string_control_payload_goes_through_sg_lists():
+    """Ext-control `ptr` payloads: the capture-nv profile has a "Label" string control
+    (Documentation/test-device.md) whose value the device reads and writes in guest memory
+    through the SG lists the driver sends; its initial value is "virtio-media"."""
+    res = run_guest(
+        f"python3 {REPO}/tests/guest_tools/ext_ctrl_probe.py && "
+        "v4l2-ctl -d0 --set-ctrl=label=hello-guest && v4l2-ctl -d0 --get-ctrl=label && "
+        "v4l2-ctl -d0 --list-ctrls",
+        backend="vmrs:capture-nv")
+    assert res.status == 0, res.stdout + res.stderr
+    lines = res.stdout.splitlines()
+    # QUERY_EXT_CTRL: V4L2_CTRL_TYPE_STRING (7) with V4L2_CTRL_FLAG_HAS_PAYLOAD, 32-byte payload.
+    assert "qec 0x981a00 7 0x100 32" in lines, res.stdout
+    # Read into a 32-byte user buffer: the device wrote the value into the pinned pages.
+    assert "get 32 0 32 'virtio-media'" in lines, res.stdout
+    # Too small: ENOSPC (28) and the size needed (12 characters + NUL), nothing written.
+    assert "get 4 28 13 ''" in lines, res.stdout
+    # An unmapped pointer cannot be pinned: EFAULT (14) before the device sees anything.
+    assert "badptr 14" in lines, res.stdout
+    # S_EXT_CTRLS sent the new string from user memory; a new session reads it back.
+    assert "label: 'hello-guest'" in lines, res.stdout
+    assert any("label 0x00981a00 (str)" in l and "value='hello-guest'" in l for l in lines), res.stdout

@@ -175,7 +175,14 @@ fn capture_mp(listener: &mut Listener) -> anyhow::Result<()> {
 }
 
 fn capture_nv(listener: &mut Listener) -> anyhow::Result<()> {
-    serve_testdev(listener, CAPTURE_NV, "vmrs capture-nv")
+    serve_connection(
+        listener,
+        device_config(CAPTURE_NV.device_caps(), VFL_TYPE_VIDEO, "vmrs capture-nv"),
+        move |ctx| {
+            TestDevice::new(CAPTURE_NV, ctx.eventq, ctx.host_mapper, ctx.guest_mapper)
+                .with_label("virtio-media")
+        },
+    )
 }
 
 fn output(listener: &mut Listener) -> anyhow::Result<()> {

@@ -29,8 +29,8 @@ use virtio_media::protocol::{
 };
 use virtio_media::v4l2r::bindings::{self, v4l2_fmtdesc, v4l2_format, v4l2_requestbuffers};
 use virtio_media::v4l2r::ioctl::{
-    BufferCapabilities, BufferField, BufferFlags, MemoryConsistency, UncheckedV4l2Buffer,
-    V4l2Buffer, V4l2PlanesWithBackingMut,
+    BufferCapabilities, BufferField, BufferFlags, CtrlWhich, MemoryConsistency,
+    UncheckedV4l2Buffer, V4l2Buffer, V4l2PlanesWithBackingMut,
 };
 use virtio_media::v4l2r::memory::MemoryType;
 use virtio_media::v4l2r::{PixelFormat, QueueDirection, QueueType};
@@ -433,7 +433,18 @@ pub struct TestDevice<Q: VirtioMediaEventQueue, HM: VirtioMediaHostMemoryMapper>
     start: Instant,
     /// Last timestamp handed out, in µs since `start` (strictly increasing).
     last_us: u64,
+    /// The "Label" string control ([`LABEL_CID`]) if the profile has it: a payload control
+    /// whose value travels through SG lists of guest memory (`ext-control ptr payloads`).
+    label: Option<Vec<u8>>,
 }
+
+/// The "Label" string control: a driver-specific id of the user class
+/// (`V4L2_CID_USER_BASE + 0x1100`), at most [`LABEL_MAX`] characters.
+pub const LABEL_CID: u32 = 0x0098_0900 + 0x1100;
+/// Longest label, in characters (the payload is one more, for the NUL).
+pub const LABEL_MAX: u32 = 31;
+/// `V4L2_CTRL_FLAG_NEXT_CTRL | V4L2_CTRL_FLAG_NEXT_COMPOUND`.
+const CTRL_NEXT_FLAGS: u32 = 0x8000_0000 | 0x4000_0000;
 
 impl<Q, HM> TestDevice<Q, HM>
 where
@@ -451,7 +462,119 @@ where
             owner: None,
             start: Instant::now(),
             last_us: 0,
+            label: None,
         }
+    }
+
+    /// Gives the device the "Label" string control ([`LABEL_CID`]), initially `initial`.
+    pub fn with_label(mut self, initial: &str) -> Self {
+        self.label = Some(initial.as_bytes().to_vec());
+        self
+    }
+
+    /// QUERYCTRL (68-byte `v4l2_queryctrl`) and QUERY_EXT_CTRL (232-byte
+    /// `v4l2_query_ext_ctrl`) of the label control, answered from the raw little-endian
+    /// bytes (v4l2r's `CtrlId` does not expose the id the NEXT flags enumerate from).
+    fn query_label(
+        &self,
+        ext: bool,
+        reader: &mut CmdReader,
+        writer: &mut CmdWriter,
+    ) -> IoResult<()> {
+        let size = if ext { 232 } else { 68 };
+        let pos = reader.position() as usize;
+        let Some(arg) = reader.get_ref().get(pos..pos + size).map(|a| a.to_vec()) else {
+            return writer.write_err_response(libc::EINVAL);
+        };
+        let raw = u32::from_le_bytes([arg[0], arg[1], arg[2], arg[3]]);
+        let (flags, id) = (raw & CTRL_NEXT_FLAGS, raw & !CTRL_NEXT_FLAGS);
+        let found = if flags != 0 {
+            id < LABEL_CID
+        } else {
+            id == LABEL_CID
+        };
+        if !found {
+            return writer.write_err_response(libc::EINVAL);
+        }
+        let mut out = vec![0u8; size];
+        let put32 =
+            |o: &mut [u8], at: usize, v: u32| o[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        put32(&mut out, 0, LABEL_CID);
+        put32(&mut out, 4, 7); // V4L2_CTRL_TYPE_STRING
+        out[8..13].copy_from_slice(b"Label");
+        if ext {
+            // minimum 0 (s64), maximum, step 1 (u64), default 0, flags, elem_size, elems 1.
+            out[48..56].copy_from_slice(&i64::from(LABEL_MAX).to_le_bytes());
+            out[56..64].copy_from_slice(&1u64.to_le_bytes());
+            put32(&mut out, 72, 0x0100); // V4L2_CTRL_FLAG_HAS_PAYLOAD: a string
+            put32(&mut out, 76, LABEL_MAX + 1);
+            put32(&mut out, 80, 1);
+        } else {
+            put32(&mut out, 44, LABEL_MAX);
+            put32(&mut out, 48, 1);
+        }
+        writer.write_response(virtio_media::protocol::RespHeader::ok())?;
+        writer.extend_from_slice(&out);
+        Ok(())
+    }
+
+    /// G/S/TRY_EXT_CTRLS of the label control. The payload of each control with `size > 0`
+    /// is in guest memory described by `regions` (one SG list per such control, in order).
+    fn label_ctrls(
+        &mut self,
+        op: u8,
+        ctrls: &mut bindings::v4l2_ext_controls,
+        ctrl_array: &mut [bindings::v4l2_ext_control],
+        regions: Vec<Vec<SgEntry>>,
+    ) -> IoctlResult<()> {
+        let Some(label) = self.label.clone() else {
+            return Err(libc::ENOTTY);
+        };
+        let mut regions = regions.into_iter();
+        let mut new_label = None;
+        for (i, c) in ctrl_array.iter_mut().enumerate() {
+            let sgs = if c.size > 0 { regions.next() } else { None };
+            if c.id != LABEL_CID {
+                ctrls.error_idx = i as u32;
+                return Err(libc::EINVAL);
+            }
+            match op {
+                b'G' => {
+                    let needed = label.len() as u32 + 1;
+                    if c.size < needed {
+                        c.size = needed;
+                        ctrls.error_idx = i as u32;
+                        return Err(libc::ENOSPC);
+                    }
+                    let sgs = sgs.ok_or(libc::EFAULT)?;
+                    let mut m = self.guest.new_mapping(sgs).map_err(|_| libc::EFAULT)?;
+                    let dst = m
+                        .data_mut()
+                        .get_mut(..needed as usize)
+                        .ok_or(libc::EFAULT)?;
+                    dst[..label.len()].copy_from_slice(&label);
+                    dst[label.len()] = 0;
+                }
+                _ => {
+                    let sgs = sgs.ok_or(libc::EINVAL)?;
+                    let m = self.guest.new_mapping(sgs).map_err(|_| libc::EFAULT)?;
+                    let data = m.data();
+                    let len = data.iter().position(|&b| b == 0).ok_or(libc::EINVAL)?;
+                    if len as u32 > LABEL_MAX {
+                        ctrls.error_idx = i as u32;
+                        return Err(libc::ERANGE);
+                    }
+                    new_label = Some(data[..len].to_vec());
+                }
+            }
+        }
+        if op == b'S' {
+            if let Some(l) = new_label {
+                info!("label control set to {:?}", String::from_utf8_lossy(&l));
+                self.label = Some(l);
+            }
+        }
+        Ok(())
     }
 
     fn is_m2m(&self) -> bool {
@@ -1030,6 +1153,12 @@ where
             V4l2Ioctl::VIDIOC_G_PARM | V4l2Ioctl::VIDIOC_S_PARM if self.is_m2m() => {
                 writer.write_err_response(libc::ENOTTY)
             }
+            V4l2Ioctl::VIDIOC_QUERYCTRL if self.label.is_some() => {
+                self.query_label(false, reader, writer)
+            }
+            V4l2Ioctl::VIDIOC_QUERY_EXT_CTRL if self.label.is_some() => {
+                self.query_label(true, reader, writer)
+            }
             _ => virtio_media_dispatch_ioctl(self, session, ioctl, reader, writer),
         }
     }
@@ -1077,6 +1206,39 @@ where
     HM: VirtioMediaHostMemoryMapper,
 {
     type Session = TestSession;
+
+    fn g_ext_ctrls(
+        &mut self,
+        _s: &TestSession,
+        _which: CtrlWhich,
+        ctrls: &mut bindings::v4l2_ext_controls,
+        ctrl_array: &mut Vec<bindings::v4l2_ext_control>,
+        regions: Vec<Vec<SgEntry>>,
+    ) -> IoctlResult<()> {
+        self.label_ctrls(b'G', ctrls, ctrl_array, regions)
+    }
+
+    fn s_ext_ctrls(
+        &mut self,
+        _s: &mut TestSession,
+        _which: CtrlWhich,
+        ctrls: &mut bindings::v4l2_ext_controls,
+        ctrl_array: &mut Vec<bindings::v4l2_ext_control>,
+        regions: Vec<Vec<SgEntry>>,
+    ) -> IoctlResult<()> {
+        self.label_ctrls(b'S', ctrls, ctrl_array, regions)
+    }
+
+    fn try_ext_ctrls(
+        &mut self,
+        _s: &TestSession,
+        _which: CtrlWhich,
+        ctrls: &mut bindings::v4l2_ext_controls,
+        ctrl_array: &mut Vec<bindings::v4l2_ext_control>,
+        regions: Vec<Vec<SgEntry>>,
+    ) -> IoctlResult<()> {
+        self.label_ctrls(b'T', ctrls, ctrl_array, regions)
+    }
 
     fn enum_fmt(&mut self, s: &TestSession, t: QueueType, index: u32) -> IoctlResult<v4l2_fmtdesc> {
         s.queue(t)?;
