@@ -188,6 +188,12 @@ impl DmaBuf {
     }
 }
 
+/// Sleeps `ms` milliseconds, uninterruptibly (`msleep`). Process context only.
+pub(crate) fn msleep(ms: u32) {
+    // SAFETY: `msleep` has no preconditions beyond process context, which callers guarantee.
+    unsafe { kbindings::msleep(ms) };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Pinned user memory (USERPTR planes, ext-control payloads)
 

@@ -121,7 +121,7 @@ impl Drop for Mapping {
             cmd.encode(out.bytes_mut()).ok_or(EINVAL)?;
             let resp_len = core::mem::size_of::<protocol::RespMunmap>();
             let req = self.media.send(out, resp_len)?;
-            let (resp, used) = req.wait()?;
+            let (resp, used) = req.wait_release()?;
             match protocol::check_resp_header(resp, used, resp_len) {
                 Ok(0) => Ok(()),
                 Ok(errno) => Err(crate::session::device_error(errno)),

@@ -103,6 +103,31 @@ impl Request {
     }
 }
 
+impl Request {
+    /// [`Self::wait`] for the commands of a release path (CLOSE, MUNMAP), which must not be
+    /// cut short by the signal that is killing the process: if a signal is pending, the wait
+    /// goes on uninterruptibly, polling every 10 ms, for up to another
+    /// [`COMMAND_TIMEOUT_MS`]. Errors as for [`Self::wait`], without `EINTR`.
+    pub(crate) fn wait_release(&self) -> Result<(&[u8], usize)> {
+        match self.wait() {
+            Err(e) if e == EINTR => {}
+            r => return r,
+        }
+        let mut waited = 0;
+        while waited < COMMAND_TIMEOUT_MS {
+            if let Some(r) = self.state.lock().result {
+                return r.map(|used| {
+                    let resp = self.resp.as_ref().map(|r| r.bytes()).unwrap_or(&[]);
+                    (resp, used as usize)
+                });
+            }
+            crate::ffi::msleep(10);
+            waited += 10;
+        }
+        Err(etimedout())
+    }
+}
+
 impl VirtioMedia {
     /// Posts one command: `out` (device-readable) and, if `resp_len > 0`, a zeroed
     /// device-writable buffer of `resp_len` bytes. Returns the in-flight request; the caller
@@ -1186,7 +1211,7 @@ fn send_close(media: &VirtioMedia, id: u32) -> bool {
             .encode(out.bytes_mut())
             .ok_or(EINVAL)?;
         let req = media.send(out, 0)?;
-        req.wait().map(|_| ())
+        req.wait_release().map(|_| ())
     });
     match res {
         Ok(()) => true,
