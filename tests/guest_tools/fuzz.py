@@ -206,8 +206,9 @@ WEIGHTS = {"ioctl_table": 14, "ioctl_wrong_size_dir": 8, "ioctl_random_nr": 6,
            "thread_close": 1}
 NERRNO = 256
 # Shared statistics (one row per worker slot): cases, per kind, errno histogram, child crashes.
-ROW = 1 + len(KINDS) + NERRNO + 1
+ROW = 1 + len(KINDS) + NERRNO + 2
 C_CASES, C_KIND, C_ERRNO, C_CHILD_CRASH = 0, 1, 1 + len(KINDS), 1 + len(KINDS) + NERRNO
+C_ALARM = C_CHILD_CRASH + 1
 
 
 def check_table():
@@ -677,7 +678,7 @@ def child_wait(c, pid, limit):
 
 def report_hang(pid, why):
     info = {"hang": why, "pid": pid}
-    for name in ("stack", "wchan", "status"):
+    for name in ("stack", "wchan"):
         try:
             info[name] = open(f"/proc/{pid}/{name}").read()[-2000:]
         except OSError as e:
@@ -690,6 +691,25 @@ def report_hang(pid, why):
     print(json.dumps(info), file=sys.stderr, flush=True)
     if STATS_HANG is not None:
         STATS_HANG[0] += 1
+
+
+def dump_stall(pid, slot, n):
+    """Prints the kernel stacks of a worker (and its children) that made no progress."""
+    info = {"stall": f"worker {slot} stuck after {n} cases", "pid": pid}
+    pids = [pid]
+    try:
+        for line in open(f"/proc/{pid}/task/{pid}/children").read().split():
+            pids.append(int(line))
+    except OSError:
+        pass
+    for q in pids:
+        try:
+            for t in os.listdir(f"/proc/{q}/task"):
+                info[f"{q}/{t}"] = (open(f"/proc/{q}/task/{t}/wchan").read() + " | " +
+                                    open(f"/proc/{q}/task/{t}/stack").read().replace("\n", " "))
+        except OSError:
+            pass
+    print(json.dumps(info), file=sys.stderr, flush=True)
 
 
 def k_fork(c):
@@ -800,14 +820,33 @@ CASES = {"ioctl_table": k_ioctl_table, "ioctl_wrong_size_dir": k_ioctl_wrong_siz
 STATS_HANG = None  # shared counter of hangs, set in main()
 
 
+class CaseAlarm(Exception):
+    """Raised by SIGALRM: the case blocked longer than --case-seconds (interrupted)."""
+
+
+def on_alarm(signum, frame):
+    raise CaseAlarm()
+
+
 def worker(args, slot, gen, todo, stats):
     rng = random.Random(f"{args.seed}/{slot}/{gen}")
     c = Ctx(args, rng, stats, slot)
     kinds = [k for k in KINDS if k in args.kinds]
     weights = [WEIGHTS[k] for k in kinds]
+    signal.signal(signal.SIGALRM, on_alarm)
     for _ in range(todo):
         kind = rng.choices(kinds, weights)[0]
-        CASES[kind](c)
+        # A blocking DQBUF/DQEVENT/poll on a streaming queue may legitimately wait forever: the
+        # alarm interrupts it (the driver's wait must return EINTR/ERESTARTSYS on a signal).
+        # fork/thread_close bound their children themselves.
+        if kind not in ("fork", "thread_close") and args.case_seconds > 0:
+            signal.setitimer(signal.ITIMER_REAL, args.case_seconds)
+        try:
+            CASES[kind](c)
+        except CaseAlarm:
+            c.bump(C_ALARM)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
         c.bump(C_KIND + KINDS.index(kind))
         c.bump(C_CASES)
     for a, ln in c.maps:
@@ -825,6 +864,11 @@ def main():
     ap.add_argument("--procs", type=int, default=4)
     ap.add_argument("--max-seconds", type=float, default=900)
     ap.add_argument("--kinds", default=",".join(KINDS))
+    ap.add_argument("--case-seconds", type=float, default=3.0,
+                    help="SIGALRM interrupts a case blocked this long (0: never)")
+    ap.add_argument("--stall-seconds", type=float, default=30.0,
+                    help="dump the kernel stacks of a worker whose count has not moved for "
+                         "this long")
     args = ap.parse_args()
     if args.seed is None:
         args.seed = int.from_bytes(os.urandom(4), "little")
@@ -867,9 +911,20 @@ def main():
     for s in range(args.procs):
         spawn(s)
     timed_out = False
+    last = {}  # slot -> (count, since)
+    stalls = []
     while running:
         pid, st = os.waitpid(-1, os.WNOHANG)
         if pid == 0:
+            now = time.monotonic()
+            for p, slot in running.items():
+                n = stats[slot * ROW + C_CASES]
+                if last.get(slot, (None,))[0] != n:
+                    last[slot] = (n, now, False)
+                elif now - last[slot][1] > args.stall_seconds and not last[slot][2]:
+                    last[slot] = (n, last[slot][1], True)
+                    stalls.append(slot)
+                    dump_stall(p, slot, n)
             if time.monotonic() - t0 > args.max_seconds and not timed_out:
                 timed_out = True
                 for p in list(running):
@@ -898,6 +953,8 @@ def main():
     total = sum(stats[s * ROW + C_CASES] for s in range(args.procs))
     out = {"seed": args.seed, "cases_requested": args.cases, "cases": total,
            "procs": args.procs, "per_kind": per_kind, "errno": hist,
+           "interrupted_by_alarm": sum(stats[s * ROW + C_ALARM] for s in range(args.procs)),
+           "stalls": len(stalls),
            "child_crashes": sum(stats[s * ROW + C_CHILD_CRASH] for s in range(args.procs)),
            "worker_crashes": worker_crashes, "hangs": int(STATS_HANG[0]),
            "table_codes": len(CODES), "table_mismatches": check_table(),
