@@ -603,7 +603,7 @@ def k_mmap(c):
         op = c.rng.randrange(4)
         if op == 0:
             libc.munmap(a, ln)
-        elif op == 1 and ln > PAGE:
+        elif op == 1 and ln >= 2 * PAGE:
             cut = c.rng.randrange(1, ln // PAGE) * PAGE
             libc.munmap(a, cut)
             c.maps.append((a + cut, ln - cut))
