@@ -353,13 +353,21 @@ class Ctx:
             return 0
         except OSError as e:
             self.err(e.errno)
+            self.trace(e.errno, cmd, bytes(buf[:96]).hex())
             return e.errno
 
     def ioctl_ptr(self, fd, cmd, addr):
         ret = libc.ioctl(fd, cmd, addr)
         e = 0 if ret >= 0 else ctypes.get_errno()
         self.err(e)
+        self.trace(e, cmd, f"ptr {addr:#x}")
         return e
+
+    def trace(self, e, cmd, what):
+        """--trace ERRNO: prints every ioctl that failed with it (to find where it comes from)."""
+        if e and errno.errorcode.get(e) in self.args.trace:
+            print(f"trace {errno.errorcode[e]} {cmd:#010x} {NAMES.get(cmd, '?')} {what}",
+                  file=sys.stderr, flush=True)
 
     def arg_for(self, cmd):
         n = ioc_size(cmd)
@@ -864,6 +872,8 @@ def main():
     ap.add_argument("--procs", type=int, default=4)
     ap.add_argument("--max-seconds", type=float, default=900)
     ap.add_argument("--kinds", default=",".join(KINDS))
+    ap.add_argument("--trace", default="", help="errno names (comma-separated) whose "
+                    "failing ioctls are printed on stderr with their argument")
     ap.add_argument("--case-seconds", type=float, default=3.0,
                     help="SIGALRM interrupts a case blocked this long (0: never)")
     ap.add_argument("--stall-seconds", type=float, default=30.0,
@@ -873,6 +883,7 @@ def main():
     if args.seed is None:
         args.seed = int.from_bytes(os.urandom(4), "little")
     args.kinds = [k for k in args.kinds.split(",") if k]
+    args.trace = set(args.trace.split(","))
     unknown = [k for k in args.kinds if k not in CASES]
     if unknown:
         ap.error(f"unknown kinds {unknown}; known: {KINDS}")
