@@ -107,3 +107,43 @@ def test_subscribe_unknown_event_type_is_einval_and_device_survives():
     assert res.stdout.split("\n")[:4] == [
         "subscribe 0xaab55342 22", "subscribe 0x7 22", "subscribe 0x2 22",
         "card vmrs capture-mplane"], res.stdout
+
+
+# Found by the fuzzer (seed 2, errno histogram "EIO"): QUERYBUF/QBUF of a multi-planar buffer
+# with `length = 0` (no planes array) returned EIO with "device changed the buffer's
+# type/memory/planes", and the failed QBUF had queued the buffer on the device anyway (the next
+# QBUF of it got EINVAL). V4L2 (vb2's __verify_planes_array) answers EINVAL: a multi-planar
+# buffer has at least one plane. After the EINVAL the buffer is not queued: a proper QBUF works.
+ZERO_PLANES = r"""
+import ctypes, fcntl, os, struct
+REQBUFS, QUERYBUF, QBUF, DQBUF, STREAMON = 0xc0145608, 0xc0585609, 0xc058560f, 0xc0585611, 0x40045612
+fd = os.open("/dev/video0", os.O_RDWR | os.O_NONBLOCK)
+fcntl.ioctl(fd, REQBUFS, bytearray(struct.pack("<III", 2, 9, 1) + bytes(8)), True)
+planes = ctypes.create_string_buffer(64 * 8)
+def buf(length, index=1):
+    b = bytearray(88)
+    struct.pack_into("<IIQ", b, 0, index, 9, 0)
+    struct.pack_into("<IQI", b, 60, 1, ctypes.addressof(planes) if length else 0, length)
+    return b
+def call(code, b):
+    try:
+        fcntl.ioctl(fd, code, b, True)
+        return "ok"
+    except OSError as e:
+        return str(e.errno)
+print("querybuf0", call(QUERYBUF, buf(0)), "qbuf0", call(QBUF, buf(0)),
+      "qbuf1", call(QBUF, buf(1)), "streamon",
+      call(STREAMON, bytearray(struct.pack("<I", 9))))
+import select; p = select.poll(); p.register(fd, select.POLLIN); p.poll(2000)
+print("dqbuf0", call(DQBUF, buf(0, 0)), "dqbuf1", call(DQBUF, buf(1, 0)))
+"""
+
+
+def test_zero_planes_multiplanar_buffer_is_einval_and_not_queued():
+    res = run_guest(f"python3 - <<'EOF'\n{ZERO_PLANES}\nEOF\ndmesg | grep -c 'changed the buffer' "
+                    "| sed 's/^/warnings /'", backend="vmrs:capture-mplane", timeout=120)
+    assert res.status == 0, (res.stdout, res.stderr)
+    lines = res.stdout.split("\n")
+    assert lines[0] == "querybuf0 22 qbuf0 22 qbuf1 ok streamon ok", res.stdout
+    assert lines[1] == "dqbuf0 22 dqbuf1 ok", res.stdout
+    assert lines[2] == "warnings 0", res.stdout
