@@ -27,8 +27,10 @@ echo "fuzz-exit $fz"
 pgrep -c python3 | sed 's/^/python-left /'
 v4l2-ctl -d0 --all >/tmp/all.txt 2>&1; echo "all-exit $?"
 grep -m1 'Card type' /tmp/all.txt
+if [ "$stream" = 1 ]; then
 v4l2-ctl -d0 --stream-mmap --stream-count=5 --stream-to=/tmp/s.yuv >/dev/null 2>&1
 echo "stream-exit $? $(stat -c %s /tmp/s.yuv 2>/dev/null)"
+fi
 rmmod virtio_media; echo "rmmod-exit $?"
 test -e /sys/module/virtio_media; echo "module-present $?"
 """
@@ -46,7 +48,7 @@ def summary(stdout):
     return json.loads(lines[0])
 
 
-def check_run(res, cases):
+def check_run(res, cases, stream=True):
     assert res.status == 0, (res.stdout, res.stderr)
     s = summary(res.stdout)
     print(f"fuzz: {s['cases']} cases (seed {s['seed']}) in {s['elapsed_s']} s: "
@@ -67,15 +69,26 @@ def check_run(res, cases):
     assert m["fuzz-exit"] == "0", res.stderr
     assert m["python-left"] == "0", m
     assert m["all-exit"] == "0", res.stdout
-    assert m["stream-exit"] == f"0 {5 * FRAME}", m
+    if stream:
+        assert m["stream-exit"] == f"0 {5 * FRAME}", m
     assert m["rmmod-exit"] == "0" and m["module-present"] == "1", m
     return s
 
 
 def test_fuzzer_capture_mplane_no_splat_no_leak_no_hang():
-    res = run_guest(f"{FUZZ} --seed {SEED} --cases {CASES} --max-seconds 420; fz=$?\n{AFTER}",
-                    backend="vmrs:capture-mplane", kmemleak=True, timeout=560)
+    res = run_guest(f"{FUZZ} --seed {SEED} --cases {CASES} --max-seconds 420; fz=$?\n"
+                    f"stream=1\n{AFTER}", backend="vmrs:capture-mplane", kmemleak=True,
+                    timeout=560)
     check_run(res, CASES)
+
+
+def test_fuzzer_simple_capture_vhost_device_media():
+    # vhost-device-media 0.1.1 (the same virtio-media crate code) dies on a SUBSCRIBE_EVENT of
+    # a type it does not know (see below), so its run leaves out ioctls 90/91. Its config space
+    # claims single-planar capture while it streams only MPLANE (rig.md): no v4l2-ctl stream.
+    res = run_guest(f"{FUZZ} --seed {SEED} --cases 3000 --avoid-nr 90,91 --max-seconds 250; "
+                    f"fz=$?\nstream=0\n{AFTER}", backend="simple-capture", timeout=320)
+    check_run(res, 3000, stream=False)
 
 
 # Found by the fuzzer (seed 2): VIDIOC_SUBSCRIBE_EVENT with an event type the virtio-media
@@ -147,3 +160,50 @@ def test_zero_planes_multiplanar_buffer_is_einval_and_not_queued():
     assert lines[0] == "querybuf0 22 qbuf0 22 qbuf1 ok streamon ok", res.stdout
     assert lines[1] == "dqbuf0 22 dqbuf1 ok", res.stdout
     assert lines[2] == "warnings 0", res.stdout
+
+
+# Found by the fuzzer ("CLOSE of session N failed: Error(4)" in dmesg after its fork/kill
+# cases): a process SIGKILLed while it closes the node. release() posts
+# VIRTIO_MEDIA_CMD_CLOSE and waits for the device with Request::wait, an interruptible wait; with
+# the fatal signal pending it returns EINTR at once, so the driver does not wait for the device to
+# take the CLOSE (send_close's "a following open sees the session gone" does not hold) and warns.
+# Memory-safe (the request stays alive until the device answers) and, with this device, which
+# takes commands in order, the next open's REQBUFS still succeeds. The fix needs a bounded
+# uninterruptible wait for the close path (ffi.rs has only interruptible CondVar waits).
+CLOSE_KILL = r"""
+import fcntl, os, random, signal, struct, time
+REQBUFS = 0xc0145608
+rng = random.Random(1)
+busy = 0
+for i in range(60):
+    pid = os.fork()
+    if pid == 0:
+        while True:
+            fd = os.open("/dev/video0", os.O_RDWR)
+            try:
+                fcntl.ioctl(fd, REQBUFS, bytearray(struct.pack("<III", 2, 9, 1) + bytes(8)), True)
+            except OSError:
+                pass
+            os.close(fd)
+    time.sleep(rng.random() * 0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    fd = os.open("/dev/video0", os.O_RDWR)
+    try:
+        fcntl.ioctl(fd, REQBUFS, bytearray(struct.pack("<III", 2, 9, 1) + bytes(8)), True)
+    except OSError:
+        busy += 1
+    os.close(fd)
+print("reqbufs-failed", busy)
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="the close path's wait for CLOSE is interruptible: a "
+                   "SIGKILL during close() skips it and logs 'CLOSE of session N failed: Error(4)'")
+def test_close_killed_process_waits_for_the_device():
+    res = run_guest(f"python3 - <<'EOF'\n{CLOSE_KILL}\nEOF\n"
+                    "dmesg | grep -c 'CLOSE of session' | sed 's/^/close-warnings /'",
+                    backend="vmrs:capture-mplane", timeout=200)
+    assert res.status == 0, (res.stdout, res.stderr)
+    assert "reqbufs-failed 0" in res.stdout, res.stdout
+    assert "close-warnings 0" in res.stdout, res.stdout

@@ -385,13 +385,19 @@ class Ctx:
 # ---------------------------------------------------------------------------- case kinds
 
 
-def k_ioctl_table(c):
+def table_code(c):
+    """A random table code, not one of --avoid-nr (QUERYCAP instead)."""
     _, cmd = c.rng.choice(CODES)
+    return QUERYCAP if ioc_nr(cmd) in c.args.avoid_nr else cmd
+
+
+def k_ioctl_table(c):
+    cmd = table_code(c)
     c.ioctl_buf(c.fd(), cmd, c.arg_for(cmd))
 
 
 def k_ioctl_wrong_size_dir(c):
-    _, cmd = c.rng.choice(CODES)
+    cmd = table_code(c)
     nr, d, size = ioc_nr(cmd), ioc_dir(cmd), ioc_size(cmd)
     r = c.rng.randrange(4)
     if r == 0:
@@ -413,11 +419,13 @@ def k_ioctl_wrong_size_dir(c):
 def k_ioctl_random_nr(c):
     size = c.rng.choice([0, 4, 8, 16, 20, 32, 64, 88, 128, 208, 256, c.rng.randrange(1 << 14)])
     cmd = ioc(c.rng.randrange(4), c.rng.randrange(256), size)
+    if ioc_nr(cmd) in c.args.avoid_nr:
+        cmd = QUERYCAP
     c.ioctl_buf(c.fd(), cmd, c.randbytes(max(size, 1)))
 
 
 def k_ioctl_raw_pointer(c):
-    _, cmd = c.rng.choice(CODES)
+    cmd = table_code(c)
     c.fill_scratch(PAGE)
     c.ioctl_ptr(c.fd(), cmd, c.hostile_ptr(ioc_size(cmd)))
 
@@ -874,6 +882,8 @@ def main():
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--trace", default="", help="errno names (comma-separated) whose "
                     "failing ioctls are printed on stderr with their argument")
+    ap.add_argument("--avoid-nr", default="", help="ioctl numbers (comma-separated, decimal) "
+                    "never sent, e.g. 90,91 against a device known to die on bad subscriptions")
     ap.add_argument("--case-seconds", type=float, default=3.0,
                     help="SIGALRM interrupts a case blocked this long (0: never)")
     ap.add_argument("--stall-seconds", type=float, default=30.0,
@@ -884,6 +894,7 @@ def main():
         args.seed = int.from_bytes(os.urandom(4), "little")
     args.kinds = [k for k in args.kinds.split(",") if k]
     args.trace = set(args.trace.split(","))
+    args.avoid_nr = {int(x) for x in args.avoid_nr.split(",") if x}
     unknown = [k for k in args.kinds if k not in CASES]
     if unknown:
         ap.error(f"unknown kinds {unknown}; known: {KINDS}")
