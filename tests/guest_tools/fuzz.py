@@ -461,7 +461,9 @@ def k_buffer(c):
         m = c.scratch + c.rng.randrange(0, 8) * 64
         c.fill_scratch(PAGE)
     else:
-        m = c.u32() | (c.u32() << 32) if c.rng.random() < 0.5 else c.hostile_ptr(460800)
+        # random 64-bit values in the upper half (kernel or non-canonical, never our heap)
+        m = (c.u32() | (c.u32() << 32) | (1 << 63)) if c.rng.random() < 0.5 \
+            else c.hostile_ptr(460800)
     cmd = c.rng.choice(BUF_CODES)
     b = v4l2_buffer(c, typ, mem, index, length, m)
     if c.rng.random() < 0.1:
