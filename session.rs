@@ -1036,6 +1036,12 @@ impl Session {
         let multi = protocol::get_u32(b, buf::TYPE)
             .map(protocol::buf_type_is_multiplanar)
             .unwrap_or(false);
+        // A multi-planar buffer has at least one plane: an array of none is the caller's
+        // error (EINVAL, as vb2's __verify_planes_array), refused before the device acts on it
+        // (it would queue the buffer and report 1 plane, which reads as a device fault: EIO).
+        if multi && protocol::get_u32(b, protocol::buf::LENGTH) == Some(0) {
+            return Err(EINVAL);
+        }
         let planes: &mut [u8] = if multi { planes } else { &mut [] };
         let prepared = if userptr && nr == protocol::nr::QBUF {
             self.take_prepared(b, planes, multi)?

@@ -10,8 +10,14 @@
 //! formats in the responses to one plane carrying the summed size.
 //!
 //! It also fills the empty `description` of ENUM_FMT answers (the crate leaves it zeroed, which
-//! the driver repairs with a "repaired ioctl 2 payload" warning). Everything else goes to the
-//! wrapped device unchanged.
+//! the driver repairs with a "repaired ioctl 2 payload" warning).
+//!
+//! And it answers `EINVAL` to a VIDIOC_SUBSCRIBE_EVENT whose `type` is not one of the six
+//! V4L2 event types v4l2r 0.0.7 knows (VSYNC..MOTION_DET, 1..=6) or whose `flags` has bits
+//! beyond SEND_INITIAL | ALLOW_FEEDBACK: the crate (ioctl.rs, VIDIOC_SUBSCRIBE_EVENT) `unwrap`s
+//! both conversions, so any other value, which any user space can pass through the driver,
+//! panics the vring worker and the device is gone (found by tests/guest_tools/fuzz.py).
+//! Everything else goes to the wrapped device unchanged.
 
 use std::io::Result as IoResult;
 
@@ -105,6 +111,28 @@ fn fix_fmtdesc_response(resp: &mut [u8]) {
     resp[DESC..DESC + name.len()].copy_from_slice(name);
 }
 
+/// Whether the crate would panic on this `v4l2_event_subscription` (type@0, id@4, flags@8,
+/// reserved[5]; 32 bytes): a `type` outside 1..=6 (V4L2_EVENT_VSYNC..V4L2_EVENT_MOTION_DET)
+/// or `flags` bits outside V4L2_EVENT_SUB_FL_SEND_INITIAL | V4L2_EVENT_SUB_FL_ALLOW_FEEDBACK.
+/// A payload shorter than 12 bytes is left to the crate (its reader fails with EINVAL).
+fn subscription_panics_crate(input: &[u8]) -> bool {
+    let word = |off: usize| {
+        input
+            .get(off..off + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    match (word(0), word(8)) {
+        (Some(ty), Some(flags)) => {
+            !(bindings::V4L2_EVENT_VSYNC..=bindings::V4L2_EVENT_MOTION_DET).contains(&ty)
+                || flags
+                    & !(bindings::V4L2_EVENT_SUB_FL_SEND_INITIAL
+                        | bindings::V4L2_EVENT_SUB_FL_ALLOW_FEEDBACK)
+                    != 0
+        }
+        _ => false,
+    }
+}
+
 impl<D> VirtioMediaDevice<CmdReader, CmdWriter> for FormatFixes<D>
 where
     D: VirtioMediaDevice<CmdReader, CmdWriter>,
@@ -126,6 +154,13 @@ where
         reader: &mut CmdReader,
         writer: &mut CmdWriter,
     ) -> IoResult<()> {
+        if ioctl == V4l2Ioctl::VIDIOC_SUBSCRIBE_EVENT {
+            let pos = usize::try_from(reader.position()).unwrap_or(usize::MAX);
+            if subscription_panics_crate(reader.get_ref().get(pos..).unwrap_or(&[])) {
+                debug!("SUBSCRIBE_EVENT the crate cannot parse: EINVAL");
+                return writer.write_err_response(libc::EINVAL);
+            }
+        }
         let start = writer.len();
         self.inner.do_ioctl(session, ioctl, reader, writer)?;
         if matches!(
@@ -179,6 +214,28 @@ mod tests {
         let mut out = vec![0u8; 8];
         out.write_obj(f).unwrap();
         out
+    }
+
+    fn subscription(ty: u32, flags: u32) -> Vec<u8> {
+        let mut b = vec![0u8; 32];
+        b[0..4].copy_from_slice(&ty.to_le_bytes());
+        b[8..12].copy_from_slice(&flags.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn subscriptions_the_crate_cannot_parse_are_caught() {
+        // V4L2_EVENT_EOS (2) and V4L2_EVENT_SOURCE_CHANGE (5) with SEND_INITIAL (1): parsed.
+        assert!(!subscription_panics_crate(&subscription(2, 0)));
+        assert!(!subscription_panics_crate(&subscription(5, 1)));
+        assert!(!subscription_panics_crate(&subscription(6, 3)));
+        // The fuzzer's find: type 0xaab55342; also 0, 7, V4L2_EVENT_PRIVATE_START, a flag 4.
+        assert!(subscription_panics_crate(&subscription(0xaab5_5342, 0)));
+        assert!(subscription_panics_crate(&subscription(0, 0)));
+        assert!(subscription_panics_crate(&subscription(7, 0)));
+        assert!(subscription_panics_crate(&subscription(0x0800_0000, 0)));
+        assert!(subscription_panics_crate(&subscription(2, 4)));
+        assert!(!subscription_panics_crate(&[2, 0, 0]));
     }
 
     #[test]
