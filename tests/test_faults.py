@@ -47,14 +47,14 @@ def count(dmesg, pattern):
 
 
 def assert_rate_limited(dmesg, faults):
-    """The driver's warnings are rate-limited (the kernel's default, at most 10 lines per
-    5 s): no 5-second window has more than 10 warning lines, and the device committed more
-    faults than the driver printed lines."""
+    """The driver's warnings are rate-limited (the kernel's default: bursts of at most 10
+    lines per 5 s interval; two bursts can be adjacent, so any 5-second window holds at most
+    20), and the device committed more faults than the driver printed lines."""
     times = [float(m.group(1)) for m in
              re.finditer(r"^\[\s*([\d.]+)\] virtio_media virtio\d+: (?!'vmrs)", dmesg, re.M)]
     assert times, dmesg
     worst = max(sum(1 for u in times if t <= u < t + 5) for t in times)
-    assert worst <= 10, (worst, dmesg)
+    assert worst <= 20, (worst, dmesg)
     assert faults > len(times), (faults, len(times))
 
 
