@@ -14,8 +14,9 @@ Scenarios:
                  close, reopen and stream FRAMES frames.
   mmap           REQBUFS 4, QUERYBUF + mmap() of every buffer (errno each), then stream
                  3 frames without mappings, close, reopen, QUERYCAP.
-  hang           G_FMT in a child process that reports its errno (for unplug/unbind tests:
-                 prints {"gfmt": ...} when it returns); the parent waits for it.
+  hang           G_FMT, repeated while it times out (at most 10 times), for the unplug and
+                 unbind tests: prints {"calling": ...} first, then the last errno, its
+                 duration and the number of timeouts.
 """
 import errno
 import json
@@ -184,7 +185,13 @@ def main():
     elif what == "hang":
         fd = os.open(dev, os.O_RDWR)
         print(json.dumps({"calling": "G_FMT"}), flush=True)
-        out["gfmt"], out["gfmt_s"] = timed(gfmt, fd)
+        # Again after each timeout, so one is in flight whenever the test pulls the device.
+        out["timeouts"] = 0
+        while True:
+            out["gfmt"], out["gfmt_s"] = timed(gfmt, fd)
+            if out["gfmt"] != "ETIMEDOUT" or out["timeouts"] == 10:
+                break
+            out["timeouts"] += 1
         try:
             os.close(fd)
             out["close"] = "OK"
