@@ -64,7 +64,8 @@ pub enum Fault {
     DqbufTooManyPlanes,
     /// Before every DQBUF event: a copy whose plane 0 has `bytesused = length + 1`.
     DqbufBadLength,
-    /// Every DQBUF event: plane 0 `length` and `bytesused` 1 GiB, beyond the buffer.
+    /// Before every DQBUF event: a copy whose plane 0 says `length` = `bytesused` = 1 GiB
+    /// (consistent in itself, but not the 460800-byte buffer QUERYBUF described).
     DqbufOversize,
     /// Before every DQBUF event: copies for every session closed so far and for
     /// [`UNKNOWN_SESSION`].
@@ -138,7 +139,7 @@ pub const FAULTS: &[(&str, Fault, &str)] = &[
     (
         "dqbuf-oversize",
         Fault::DqbufOversize,
-        "DQBUF events: plane length 1 GiB",
+        "extra DQBUF events, plane length 1 GiB",
     ),
     (
         "closed-session",
@@ -372,13 +373,10 @@ pub fn on_event(ev: Vec<u8>) -> Vec<Vec<u8>> {
             let len = word(c, PLANES + 4).unwrap_or(0);
             put(c, PLANES, len.wrapping_add(1));
         })),
-        Fault::DqbufOversize => {
-            info!("fault: session {session} DQBUF event with plane length 1 GiB");
-            return vec![variant(&|c| {
-                put(c, PLANES, 1 << 30);
-                put(c, PLANES + 4, 1 << 30);
-            })];
-        }
+        Fault::DqbufOversize => out.push(variant(&|c| {
+            put(c, PLANES, 1 << 30);
+            put(c, PLANES + 4, 1 << 30);
+        })),
         Fault::ClosedSession => {
             let closed: Vec<u32> = state().closed.iter().copied().take(4).collect();
             for id in closed.into_iter().chain([UNKNOWN_SESSION]) {
