@@ -1087,6 +1087,44 @@ pub fn check_dqbuf(ev: &[u8], num_buffers: u32) -> Result<(), DqbufError> {
     Ok(())
 }
 
+/// Plane sizes of one buffer, as the device described it in earlier QUERYBUF/QBUF/PREPARE_BUF
+/// answers (bytes; `0` = not known), indexed by plane. Single-planar buffers use entry 0.
+pub type PlaneLengths = [u32; MAX_PLANES];
+
+/// The plane sizes a `v4l2_buffer` `b` (88 bytes) describes: `b.length` for single-planar
+/// types, else the `length` of each of the `b.length` planes present in `planes` (64 bytes
+/// each, at most [`MAX_PLANES`]). Missing fields read as 0 (unknown).
+pub fn buffer_lengths(b: &[u8], planes: &[u8]) -> PlaneLengths {
+    let mut out = [0u32; MAX_PLANES];
+    let buf_type = get_u32(b, buf::TYPE).unwrap_or(0);
+    if buf_type_is_multiplanar(buf_type) {
+        let n = (get_u32(b, buf::LENGTH).unwrap_or(0) as usize).min(MAX_PLANES);
+        for (i, l) in out.iter_mut().enumerate().take(n) {
+            *l = get_u32(planes, i * plane::SIZE + plane::LENGTH).unwrap_or(0);
+        }
+    } else {
+        out[0] = get_u32(b, buf::LENGTH).unwrap_or(0);
+    }
+    out
+}
+
+/// Checks that the buffer of a DQBUF event (validated by [`check_dqbuf`]) has the plane sizes
+/// the device gave that buffer before (`known`, 0 = unknown): a device must not return a
+/// buffer larger than the one user space mapped (`bytesused` is already bounded by the
+/// event's own `length`).
+pub fn check_dqbuf_lengths(ev: &[u8], known: &PlaneLengths) -> Result<(), DqbufError> {
+    let got = buffer_lengths(
+        ev.get(DQBUF_BUFFER_OFFSET..).ok_or(DqbufError::Short)?,
+        ev.get(DQBUF_PLANES_OFFSET..).ok_or(DqbufError::Short)?,
+    );
+    for (i, (&g, &k)) in got.iter().zip(known.iter()).enumerate() {
+        if k != 0 && g != k {
+            return Err(DqbufError::LengthChanged(i as u32, g, k));
+        }
+    }
+    Ok(())
+}
+
 /// Why a DQBUF event was refused.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum DqbufError {
@@ -1100,4 +1138,7 @@ pub enum DqbufError {
     BadPlanes(u32),
     /// A plane (or the buffer) with `bytesused` beyond `length`: (plane, bytesused, length).
     BadLength(u32, u32, u32),
+    /// A plane whose `length` differs from what the device said of the buffer before:
+    /// (plane, length in the event, length known).
+    LengthChanged(u32, u32, u32),
 }

@@ -263,10 +263,18 @@ impl DoneRing {
     }
 }
 
+/// Buffers per queue whose plane sizes are remembered (`VIDEO_MAX_FRAME`); DQBUF events of
+/// higher indices are not checked against them.
+const MAX_TRACKED: usize = 64;
+
 /// Driver-side state of one V4L2 queue (capture or output) of a session.
 struct QueueState {
     /// Completed buffers.
     done: DoneRing,
+    /// Plane sizes of buffers `0..MAX_TRACKED` as QUERYBUF/QBUF/PREPARE_BUF answers gave them
+    /// (0 = unknown): a DQBUF event must not describe a different (larger) buffer than the
+    /// one user space mapped. Preallocated at open; cleared by REQBUFS.
+    lengths: KVVec<protocol::PlaneLengths>,
     /// Buffers allocated (REQBUFS/CREATE_BUFS answers): DQBUF events must name one of them.
     num_buffers: u32,
     /// Buffers queued and not yet dequeued.
@@ -284,6 +292,7 @@ impl QueueState {
     fn new() -> Result<Self> {
         Ok(Self {
             done: DoneRing::new()?,
+            lengths: KVVec::from_elem([0; protocol::MAX_PLANES], MAX_TRACKED, GFP_KERNEL)?,
             num_buffers: 0,
             queued: 0,
             streaming: false,
@@ -669,7 +678,10 @@ impl Session {
                 };
                 let mut st = self.state.lock();
                 let qs = &mut st.queues[q as usize];
-                if let Err(e) = protocol::check_dqbuf(buf, qs.num_buffers) {
+                let known = protocol::get_u32(buf, protocol::DQBUF_BUFFER_OFFSET)
+                    .and_then(|i| qs.lengths.get(i as usize));
+                let lengths = known.map_or(Ok(()), |k| protocol::check_dqbuf_lengths(buf, k));
+                if let Err(e) = protocol::check_dqbuf(buf, qs.num_buffers).and(lengths) {
                     drop(st);
                     dev_warn_rl!(dev, "session {}: bad DQBUF event dropped: {:?}", self.id, e);
                     return;
@@ -739,6 +751,9 @@ impl Session {
                 if let Some(q) = queue(get(bufreq::TYPE)) {
                     let qs = &mut st.queues[q];
                     qs.num_buffers = get(bufreq::COUNT);
+                    qs.lengths
+                        .iter_mut()
+                        .for_each(|l| *l = [0; protocol::MAX_PLANES]);
                     if qs.num_buffers == 0 {
                         qs.reset();
                     }
@@ -1117,7 +1132,31 @@ impl Session {
         if bad && ret.is_ok() {
             return Err(EIO);
         }
+        if ret.is_ok() {
+            self.record_lengths(b, planes);
+        }
         ret
+    }
+
+    /// Remembers the plane sizes the device gave buffer `b` (with `planes`) in a successful
+    /// QUERYBUF/QBUF/PREPARE_BUF answer; sizes of 0 (not told) keep what was known.
+    fn record_lengths(&self, b: &[u8], planes: &[u8]) {
+        let get = |off| protocol::get_u32(b, off).unwrap_or(u32::MAX);
+        let Some(q) = protocol::queue_of(get(protocol::buf::TYPE)) else {
+            return;
+        };
+        let new = protocol::buffer_lengths(b, planes);
+        let mut st = self.state.lock();
+        if let Some(known) = st.queues[q as usize]
+            .lengths
+            .get_mut(get(protocol::buf::INDEX) as usize)
+        {
+            for (k, n) in known.iter_mut().zip(new) {
+                if n != 0 {
+                    *k = n;
+                }
+            }
+        }
     }
 
     /// `G/S/TRY_EXT_CTRLS`: `head` is the `v4l2_ext_controls`, `controls` its array.

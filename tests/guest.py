@@ -136,7 +136,7 @@ def _lib_vars() -> dict:
     return {"CACHE": Path(out[0]), "VDM_VER": out[1], "VMRS_DEVICE": Path(out[2])}
 
 
-VMRS_PREFIX = "vmrs:"  # backend="vmrs:PROFILE": our own test device (tests/device)
+VMRS_PREFIX = "vmrs:"  # backend="vmrs:PROFILE[:fault=NAME]": our own test device (tests/device)
 
 
 def ensure_vmrs_device() -> Path:
@@ -156,8 +156,15 @@ def ensure_vmrs_device() -> Path:
 def backend_command(backend: str, sock: Path, art: "Artifacts") -> list:
     """The command line of the vhost-user backend process for `backend`."""
     if backend.startswith(VMRS_PREFIX):
-        profile = backend[len(VMRS_PREFIX):]
-        return [str(ensure_vmrs_device()), "--socket-path", str(sock), "--profile", profile]
+        profile, *opts = backend[len(VMRS_PREFIX):].split(":")
+        extra = []
+        for o in opts:  # "fault=NAME": a fault profile (Documentation/test-device.md)
+            key, _, val = o.partition("=")
+            if key != "fault" or not val:
+                raise RigError(f"unknown vmrs backend option {o!r} in {backend!r}")
+            extra += ["--fault", val]
+        return [str(ensure_vmrs_device()), "--socket-path", str(sock), "--profile", profile,
+                *extra]
     return [str(art.vdm), "--socket-path", str(sock), "--backend", backend]
 
 

@@ -27,14 +27,15 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use virtio_media::poll::SessionPoller;
 use virtio_media::protocol::{V4l2Ioctl, VirtioMediaDeviceConfig};
 use virtio_media::{VirtioMediaDevice, VirtioMediaDeviceRunner};
-use virtio_queue::QueueT;
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use virtio_queue::{DescriptorChain, QueueT};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-use crate::chain::{gather, scatter, CmdReader, CmdWriter};
+use crate::chain::{gather, scatter, writable_len, CmdReader, CmdWriter};
+use crate::fault::{self, Verdict};
 
 /// When set (by a profile, before serving), the device does not offer the vhost-user SHMEM
 /// protocol feature, so the front end exposes no shared memory region: a driver must then
@@ -145,7 +146,12 @@ where
     runner: Mutex<Runner<D>>,
     event_idx: AtomicBool,
     exit: (EventConsumer, EventNotifier),
+    /// Commands a fault holds back (src/fault.rs): the chain, its response, whether it is
+    /// answered when the next command arrives (else never).
+    held: Mutex<Vec<(HeldChain, Vec<u8>, bool)>>,
 }
+
+type HeldChain = DescriptorChain<GuestMemoryLoadGuard<GuestMemoryMmap>>;
 
 impl<D> VmrsBackend<D>
 where
@@ -182,13 +188,14 @@ where
             runner: Mutex::new(VirtioMediaDeviceRunner::new(device, poller)),
             event_idx: AtomicBool::new(false),
             exit,
+            held: Mutex::new(Vec::new()),
         })
     }
 
     fn process_commandq(&self, vring: &VringRwLock) {
         let event_idx = self.event_idx.load(Ordering::Relaxed);
         let mut runner = self.runner.lock().unwrap();
-        let mut used_any = false;
+        let mut used_any = self.release_held(vring);
         loop {
             if event_idx {
                 if let Err(e) = vring.disable_notification() {
@@ -218,10 +225,22 @@ where
                             writer.extend_from_slice(&[0u8; 4]);
                         }
                         debug!("{what} -> {}", describe_resp(&writer));
-                        scatter(&chain, &writer).unwrap_or_else(|e| {
+                        let extra = match fault::on_response(reader.get_ref(), &mut writer) {
+                            Verdict::Answer { extra } => extra,
+                            Verdict::Hold { release } => {
+                                lock(&self.held).push((chain, writer, release));
+                                continue;
+                            }
+                        };
+                        let used = scatter(&chain, &writer).unwrap_or_else(|e| {
                             error!("commandq: cannot write response: {e}");
                             0
-                        })
+                        });
+                        if extra > 0 {
+                            writable_len(&chain).saturating_add(extra)
+                        } else {
+                            used
+                        }
                     }
                     Err(e) => {
                         error!("commandq: cannot read command: {e}");
@@ -250,6 +269,28 @@ where
                 error!("commandq: signal_used_queue: {e}");
             }
         }
+    }
+
+    /// Answers the held commands that wait for the next command (fault `late`); returns
+    /// whether any was answered.
+    fn release_held(&self, vring: &VringRwLock) -> bool {
+        let mut held = lock(&self.held);
+        let mut any = false;
+        let mut keep = Vec::new();
+        for (chain, resp, release) in held.drain(..) {
+            if !release {
+                keep.push((chain, resp, release));
+                continue;
+            }
+            info!("fault: answering held chain {} late", chain.head_index());
+            let used = scatter(&chain, &resp).unwrap_or(0);
+            if let Err(e) = vring.add_used(chain.head_index(), used) {
+                error!("commandq: add_used: {e}");
+            }
+            any = true;
+        }
+        *held = keep;
+        any
     }
 
     fn process_session(&self, session_id: u32) {
@@ -365,6 +406,10 @@ where
         }
         Ok(())
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One-line description of a command for the debug log.

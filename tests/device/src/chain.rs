@@ -75,3 +75,15 @@ where
     }
     Ok(done as u32)
 }
+
+/// Total size of the device-writable descriptors of `chain` (bytes).
+pub fn writable_len<M>(chain: &DescriptorChain<M>) -> u32
+where
+    M: Deref + Clone,
+    M::Target: GuestMemory,
+{
+    chain
+        .clone()
+        .writable()
+        .fold(0u32, |n, d| n.saturating_add(d.len()))
+}

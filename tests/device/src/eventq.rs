@@ -124,11 +124,13 @@ impl VirtioMediaEventQueue for EventQueue {
             return;
         }
         let mut inner = self.inner.lock().unwrap();
-        if inner.pending.len() >= MAX_PENDING {
-            warn!("eventq: {MAX_PENDING} events pending, dropping the oldest");
-            inner.pending.pop_front();
+        for bytes in crate::fault::on_event(bytes) {
+            if inner.pending.len() >= MAX_PENDING {
+                warn!("eventq: {MAX_PENDING} events pending, dropping the oldest");
+                inner.pending.pop_front();
+            }
+            inner.pending.push_back(bytes);
         }
-        inner.pending.push_back(bytes);
         self.flush_locked(&mut inner);
     }
 }

@@ -11,6 +11,7 @@
 mod backend;
 mod chain;
 mod eventq;
+mod fault;
 mod guestmem;
 mod profiles;
 mod quirks;
@@ -25,11 +26,15 @@ use vhost::vhost_user::Listener;
 
 fn usage() -> String {
     let mut s = String::from(
-        "usage: vmrs-device --socket-path SOCK --profile PROFILE\n       \
+        "usage: vmrs-device --socket-path SOCK --profile PROFILE [--fault FAULT]\n       \
          vmrs-device --list-profiles\n\nprofiles:\n",
     );
     for p in profiles::PROFILES {
         s += &format!("  {:<22} {}\n", p.name, p.summary);
+    }
+    s += "\nfaults (src/fault.rs, Documentation/test-device.md):\n";
+    for (name, _, summary) in fault::FAULTS {
+        s += &format!("  {name:<22} {summary}\n");
     }
     s
 }
@@ -58,6 +63,11 @@ fn main() -> ExitCode {
             },
             "-p" | "--profile" => match value("--profile") {
                 Ok(v) => profile = Some(v),
+                Err(n) => return bad(&format!("{n} needs a value")),
+            },
+            "-f" | "--fault" => match value("--fault") {
+                Ok(v) if fault::set(&v) => info!("fault profile {v}"),
+                Ok(v) => return bad(&format!("unknown fault {v:?}")),
                 Err(n) => return bad(&format!("{n} needs a value")),
             },
             "--list-profiles" => {

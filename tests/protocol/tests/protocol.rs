@@ -200,3 +200,34 @@ fn enum_fmt_descriptions_are_repaired() {
     let mut other = [0u8; 208];
     assert!(!sanitize_response(4, &mut other));
 }
+
+#[test]
+fn dqbuf_lengths_must_match_the_buffer() {
+    // MPLANE, 1 plane of 460800 bytes (QUERYBUF), as v4l2_buffer + planes array.
+    let mut b = vec![0u8; 88];
+    b[4..8].copy_from_slice(&9u32.to_le_bytes());
+    b[72..76].copy_from_slice(&1u32.to_le_bytes());
+    let mut planes = vec![0u8; 64 * 8];
+    planes[4..8].copy_from_slice(&460800u32.to_le_bytes());
+    let known = buffer_lengths(&b, &planes);
+    assert_eq!(known, [460800, 0, 0, 0, 0, 0, 0, 0]);
+    // Single-planar: b.length is the size.
+    let mut s = vec![0u8; 88];
+    s[4..8].copy_from_slice(&1u32.to_le_bytes());
+    s[72..76].copy_from_slice(&4096u32.to_le_bytes());
+    assert_eq!(buffer_lengths(&s, &[]), [4096, 0, 0, 0, 0, 0, 0, 0]);
+
+    let mut e = dqbuf_event(3, 0, 9, 1);
+    let plane0 = 8 + 88;
+    e[plane0..plane0 + 4].copy_from_slice(&460800u32.to_le_bytes()); // bytesused
+    e[plane0 + 4..plane0 + 8].copy_from_slice(&460800u32.to_le_bytes()); // length
+    assert_eq!(check_dqbuf(&e, 4), Ok(()));
+    assert_eq!(check_dqbuf_lengths(&e, &known), Ok(()));
+    // 1 GiB in both: consistent within the event, but not the buffer the device described.
+    e[plane0..plane0 + 4].copy_from_slice(&(1u32 << 30).to_le_bytes());
+    e[plane0 + 4..plane0 + 8].copy_from_slice(&(1u32 << 30).to_le_bytes());
+    assert_eq!(check_dqbuf(&e, 4), Ok(()));
+    assert_eq!(check_dqbuf_lengths(&e, &known), Err(DqbufError::LengthChanged(0, 1 << 30, 460800)));
+    // Unknown sizes (0) are not checked.
+    assert_eq!(check_dqbuf_lengths(&e, &[0; 8]), Ok(()));
+}
