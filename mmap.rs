@@ -66,7 +66,7 @@ impl Mapping {
         let resp_len = core::mem::size_of::<protocol::RespMmap>();
         let (addr, len) = {
             let req = media.send(out, resp_len)?;
-            let (resp, used) = req.wait()?;
+            let (resp, used) = media.wait(&req, format_args!("MMAP of offset {:#x}", offset))?;
             match protocol::check_mmap_resp(resp, used, resp_len) {
                 Ok(Ok(r)) => r,
                 Ok(Err(errno)) => return Err(crate::session::device_error(errno)),

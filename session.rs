@@ -179,6 +179,26 @@ impl VirtioMedia {
         Ok(req)
     }
 
+    /// [`Request::wait`] for `req`, with a rate-limited warning naming `what` when the device
+    /// let the command time out (the caller gets `ETIMEDOUT`; the request stays alive until the
+    /// device answers or is reset).
+    pub(crate) fn wait<'a>(
+        &self,
+        req: &'a Request,
+        what: core::fmt::Arguments<'_>,
+    ) -> Result<(&'a [u8], usize)> {
+        let r = req.wait();
+        if matches!(&r, Err(e) if e.to_errno() == etimedout().to_errno()) {
+            dev_warn_rl!(
+                self.dev(),
+                "{} not answered within {} ms",
+                what,
+                COMMAND_TIMEOUT_MS
+            );
+        }
+        r
+    }
+
     /// Warns (rate-limited) about a malformed response and returns `EIO`.
     pub(crate) fn bad_response(&self, what: &str, e: protocol::ProtoError) -> Error {
         dev_warn_rl!(self.dev(), "malformed {} response: {:?}", what, e);
@@ -408,7 +428,7 @@ impl Session {
             .ok_or(EINVAL)?;
         let resp_len = core::mem::size_of::<protocol::RespOpen>();
         let req = media.send(out, resp_len)?;
-        let (resp, used) = req.wait()?;
+        let (resp, used) = media.wait(&req, format_args!("OPEN"))?;
         let id = match protocol::check_open_resp(resp, used, resp_len) {
             Ok(Ok(id)) => id,
             Ok(Err(errno)) => return Err(device_error(errno)),
@@ -982,7 +1002,9 @@ impl Session {
         let extra_at = layout.readable - extra.len();
         out.bytes_mut()[extra_at..].copy_from_slice(extra);
         let req = self.media.send(out, layout.writable)?;
-        let (resp, used) = req.wait()?;
+        let (resp, used) = self
+            .media
+            .wait(&req, format_args!("session {} ioctl {}", self.id, nr))?;
         let (payload_len, required) = if info.dir.from_device() {
             (total, required)
         } else {

@@ -111,6 +111,9 @@ def test_unanswered_command_times_out():
     assert r["enum_fmt"] == r["querycap"] == "OK", r
     assert r["reopen_querycap"] == r["reopen_enum_fmt"] == "OK", r
     assert count(vdm_log(res), r"G_FMT held, never answered") == 2
+    # The driver says which command timed out (rate-limited), not only the caller.
+    assert len(re.findall(r"session \d+ ioctl 4 not answered within 10000 ms", res.dmesg)) == 2, \
+        res.dmesg[-2000:]
 
 
 def test_late_answer_after_timeout():
