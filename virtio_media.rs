@@ -143,10 +143,15 @@ impl VirtioMedia {
             return;
         }
         for p in pins {
-            if let Err(kernel::alloc::AllocError) = o.pins.push(p, GFP_KERNEL) {
-                // Out of memory: better never unpin than unpin under a live device.
-                dev_warn_rl!(self.dev(), "out of memory: user pages stay pinned");
+            // `push` drops its argument when it cannot grow the vector, which would unpin
+            // under a live device: reserve first, and on failure never unpin at all.
+            if o.pins.reserve(1, GFP_KERNEL).is_err() {
+                core::mem::forget(p);
+                dev_warn_rl!(self.dev(), "out of memory: user pages stay pinned for good");
+                continue;
             }
+            // Cannot fail: room for one more was reserved above.
+            let _ = o.pins.push(p, GFP_KERNEL);
         }
     }
 
