@@ -82,13 +82,8 @@ impl Request {
         loop {
             // Checked after every wake-up, signals and timeouts included: a command the device
             // has answered is reported as answered.
-            match s.result {
-                Some(Ok(used)) => {
-                    let resp = self.resp.as_ref().map(|r| r.bytes()).unwrap_or(&[]);
-                    return Ok((resp, used as usize));
-                }
-                Some(Err(e)) => return Err(e),
-                None => {}
+            if let Some(r) = s.result {
+                return self.answer(r);
             }
             if left == 0 {
                 return Err(etimedout());
@@ -101,9 +96,15 @@ impl Request {
             }
         }
     }
-}
 
-impl Request {
+    /// The response bytes and used length of a completed request (`result` as recorded by
+    /// [`Self::complete`]).
+    fn answer(&self, result: Result<u32>) -> Result<(&[u8], usize)> {
+        let used = result?;
+        let resp = self.resp.as_ref().map(|r| r.bytes()).unwrap_or(&[]);
+        Ok((resp, used as usize))
+    }
+
     /// [`Self::wait`] for the commands of a release path (CLOSE, MUNMAP), which must not be
     /// cut short by the signal that is killing the process: if a signal is pending, the wait
     /// goes on uninterruptibly, polling every 10 ms, for up to another
@@ -116,10 +117,7 @@ impl Request {
         let mut waited = 0;
         while waited < COMMAND_TIMEOUT_MS {
             if let Some(r) = self.state.lock().result {
-                return r.map(|used| {
-                    let resp = self.resp.as_ref().map(|r| r.bytes()).unwrap_or(&[]);
-                    (resp, used as usize)
-                });
+                return self.answer(r);
             }
             crate::ffi::msleep(10);
             waited += 10;
@@ -188,7 +186,7 @@ impl VirtioMedia {
         what: core::fmt::Arguments<'_>,
     ) -> Result<(&'a [u8], usize)> {
         let r = req.wait();
-        if matches!(&r, Err(e) if e.to_errno() == etimedout().to_errno()) {
+        if matches!(&r, Err(e) if *e == etimedout()) {
             dev_warn_rl!(
                 self.dev(),
                 "{} not answered within {} ms",
@@ -761,14 +759,18 @@ impl Session {
     }
 
     /// Updates the driver-side queue state after a successful ioctl `nr` whose main payload
-    /// (as the device answered it) is `p`.
+    /// (as the device answered it) is `p`, and unpins the USERPTR buffers of a queue the
+    /// device has given back. Process context.
     fn after_ioctl(&self, nr: u8, p: &[u8]) {
         let get = |off| protocol::get_u32(p, off).unwrap_or(0);
         let queue = |t| protocol::queue_of(t).map(|q| q as usize);
+        // A queue whose buffers the device has all given back (REQBUFS, STREAMOFF).
+        let mut given_back = None;
         let mut st = self.state.lock();
         match nr {
             protocol::nr::REQBUFS => {
                 if let Some(q) = queue(get(bufreq::TYPE)) {
+                    given_back = Some(q);
                     let qs = &mut st.queues[q];
                     qs.num_buffers = get(bufreq::COUNT);
                     qs.lengths
@@ -800,6 +802,7 @@ impl Session {
             }
             protocol::nr::STREAMOFF => {
                 if let Some(q) = queue(get(0)) {
+                    given_back = Some(q);
                     st.queues[q].reset();
                 }
             }
@@ -810,6 +813,9 @@ impl Session {
             _ => return,
         }
         drop(st);
+        if let Some(q) = given_back {
+            self.release_pinned(q);
+        }
         // STREAMOFF/REQBUFS(0) make blocked DQBUF calls return.
         self.wake();
     }
@@ -1031,18 +1037,6 @@ impl Session {
                 }
                 if let Some(main) = parts.first() {
                     self.after_ioctl(nr, main);
-                    // The device has given back every buffer of the queue.
-                    let type_at = match nr {
-                        protocol::nr::STREAMOFF => Some(0),
-                        protocol::nr::REQBUFS => Some(bufreq::TYPE),
-                        _ => None,
-                    };
-                    let q = type_at
-                        .and_then(|off| protocol::get_u32(main, off))
-                        .and_then(protocol::queue_of);
-                    if let Some(q) = q {
-                        self.release_pinned(q as usize);
-                    }
                 }
                 Ok(Ok(()))
             }
@@ -1228,7 +1222,7 @@ impl Session {
             }
         }
         match &ret {
-            Err(e) if *e == EINTR || *e == ERESTARTSYS || e.to_errno() == -110 => {
+            Err(e) if *e == EINTR || *e == ERESTARTSYS || *e == etimedout() => {
                 self.media.orphan_pins(pins)
             }
             _ => drop(pins),
