@@ -46,9 +46,9 @@ pub fn coded_buffer_size(w: u32, h: u32) -> u32 {
 /// Largest coded size accepted by S_FMT and advertised by ENUM_FRAMESIZES (H.264 level 5.1).
 pub const MAX_WIDTH: u32 = 4096;
 pub const MAX_HEIGHT: u32 = 2304;
-/// Formats of each queue, in ENUM_FMT order (the first is the default).
+/// OUTPUT formats, in ENUM_FMT order (CAPTURE's, NV12 and/or YU12, are the profile's
+/// `Spec::formats`).
 pub const OUTPUT_FORMATS: &[[u8; 4]] = &[*b"H264"];
-pub const CAPTURE_FORMATS: &[[u8; 4]] = &[*b"NV12", *b"YU12"];
 
 /// `V4L2_EVENT_EOS`, `V4L2_EVENT_SOURCE_CHANGE`, `V4L2_EVENT_SRC_CH_RESOLUTION` (videodev2.h).
 pub const EVENT_EOS: u32 = 2;
@@ -80,6 +80,9 @@ pub struct Codec {
     dec: H264Decoder,
     input: Option<Input>,
     frames: VecDeque<avdec::Frame>,
+    /// Timestamp of the last OUTPUT buffer taken: what frames flushed out by a drain carry if
+    /// the parser had none for them.
+    last_pts: i64,
     /// The size the last SOURCE_CHANGE announced.
     stream: Option<(u32, u32)>,
     /// CAPTURE format size when the current CAPTURE buffers were allocated.
@@ -105,6 +108,7 @@ impl Codec {
             dec: H264Decoder::new().ok_or(libc::ENOMEM)?,
             input: None,
             frames: VecDeque::new(),
+            last_pts: 0,
             stream: None,
             alloc_size: None,
             owe_last: None,
@@ -186,10 +190,14 @@ impl Codec {
 
 /// ENUM_FRAMESIZES: H.264 and the raw formats, 16x16 up to [`MAX_WIDTH`]x[`MAX_HEIGHT`] in
 /// steps of 2 (any even size; the stream decides the real one).
-pub fn frame_sizes(index: u32, pixel_format: u32) -> Result<bindings::v4l2_frmsizeenum, i32> {
+pub fn frame_sizes(
+    index: u32,
+    pixel_format: u32,
+    capture_formats: &[[u8; 4]],
+) -> Result<bindings::v4l2_frmsizeenum, i32> {
     let known = OUTPUT_FORMATS
         .iter()
-        .chain(CAPTURE_FORMATS)
+        .chain(capture_formats)
         .any(|f| u32::from_le_bytes(*f) == pixel_format);
     if index != 0 || !known {
         return Err(libc::EINVAL);
@@ -283,6 +291,7 @@ where
                         debug!("decoder: OUTPUT buffer {i} pts {pts}");
                         match self.read_planes(b) {
                             Ok(planes) => {
+                                codec.last_pts = pts;
                                 codec.input = Some(Input {
                                     index: i,
                                     data: planes.concat(),
@@ -341,13 +350,14 @@ where
                 }
             } else if codec.draining && codec.drain_left == 0 {
                 // Everything queued before STOP is parsed: out with the rest.
-                if let Ok((_, true)) = codec.dec.parse(&[], avdec::NO_PTS) {
-                    codec.receive_all(avdec::NO_PTS);
+                let pts = codec.last_pts;
+                if let Ok((_, true)) = codec.dec.parse(&[], pts) {
+                    codec.receive_all(pts);
                 }
                 if let Err(e) = codec.dec.drain() {
                     warn!("decoder: drain failed (errno {e})");
                 }
-                codec.receive_all(avdec::NO_PTS);
+                codec.receive_all(pts);
                 codec.flushed = true;
                 progress = true;
             }
