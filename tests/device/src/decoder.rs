@@ -39,9 +39,11 @@ use crate::avdec::{self, H264Decoder, Received};
 
 /// Decoded frames the device keeps while no CAPTURE buffer is free.
 pub const MAX_PENDING: usize = 8;
-/// OUTPUT (bitstream) buffer size, in bytes: 2 MiB, or more for very large frames.
+/// OUTPUT (bitstream) buffer size for a coded size, in bytes: half the raw 4:2:0 frame
+/// (w * h / 2, a 3:1 compression floor), at least 16 KiB, in whole pages.
 pub fn coded_buffer_size(w: u32, h: u32) -> u32 {
-    (w.saturating_mul(h).saturating_mul(3) / 4).max(2 << 20)
+    let n = (w.saturating_mul(h) / 2).max(16 << 10);
+    n.div_ceil(4096).saturating_mul(4096)
 }
 /// Largest coded size accepted by S_FMT and advertised by ENUM_FRAMESIZES (H.264 level 5.1).
 pub const MAX_WIDTH: u32 = 4096;
@@ -488,11 +490,14 @@ where
         }
     }
 
-    /// VIDIOC_TRY_DECODER_CMD: START and STOP without flags; PAUSE/RESUME are not supported.
+    /// VIDIOC_TRY_DECODER_CMD: START and STOP, with their flags cleared (this decoder has
+    /// none: no STOP_TO_BLACK/IMMEDIATELY, no audio) and START's speed/format at 0 (normal);
+    /// PAUSE/RESUME and unknown commands are `EINVAL` (what v4l2-compliance asks of stateful
+    /// decoders).
     pub(super) fn try_dec_cmd(
         cmd: &bindings::v4l2_decoder_cmd,
     ) -> Result<bindings::v4l2_decoder_cmd, i32> {
-        if !matches!(cmd.cmd, DEC_CMD_START | DEC_CMD_STOP) || cmd.flags != 0 {
+        if !matches!(cmd.cmd, DEC_CMD_START | DEC_CMD_STOP) {
             return Err(libc::EINVAL);
         }
         Ok(bindings::v4l2_decoder_cmd {
