@@ -464,11 +464,16 @@ where
             return;
         };
         if super::is_capture(t) {
+            // Restarting CAPTURE after a resolution change is part of the sequence (a drain
+            // asked for meanwhile goes on at the new size); any other STREAMOFF of CAPTURE
+            // aborts a drain (dev-decoder.rst, Drain, note).
+            let resolution_change =
+                codec.wait_restart || codec.owe_last == Some(Last::ResolutionChange);
             codec.wait_restart = false;
             if codec.owe_last == Some(Last::ResolutionChange) {
                 codec.owe_last = None;
             }
-            if codec.draining || codec.owe_last.is_some() {
+            if !resolution_change && (codec.draining || codec.owe_last.is_some()) {
                 // A drain cut short by the client: the next STREAMON starts afresh.
                 codec.owe_last = None;
                 codec.draining = false;
