@@ -11,6 +11,7 @@ import re
 
 import pytest
 
+import clips
 from guest import REPO, run_guest
 
 pytestmark = pytest.mark.guest
@@ -80,6 +81,23 @@ def test_fuzzer_capture_mplane_no_splat_no_leak_no_hang():
                     f"stream=1\n{AFTER}", backend="vmrs:capture-mplane", kmemleak=True,
                     timeout=560)
     check_run(res, CASES)
+
+
+def test_fuzzer_decoder_then_decodes_bit_exact():
+    """The codec node (media controller, events, DECODER_CMD, two queues per open file) under
+    the fuzzer with kmemleak; afterwards the decoder still decodes a clip to the software
+    decoder's frames (tests/guest_tools/decoder_seq.py) and the module unloads."""
+    clip = clips.get_clip("clip_320x240")
+    check = (f"python3 {REPO}/tests/guest_tools/decoder_seq.py /dev/video0 {clip.path} "
+             f"--passes 1 > $VMRS_OUT/seq.json; echo seq-exit $?")
+    res = run_guest(f"{FUZZ} --seed {SEED} --cases 3000 --max-seconds 250; fz=$?\n{check}\n"
+                    f"stream=0\n{AFTER}", backend="vmrs:decoder", kmemleak=True, timeout=420)
+    check_run(res, 3000, stream=False)
+    assert "seq-exit 0" in res.stdout, res.stdout[-2000:]
+    out = json.loads((res.run_dir / "share" / "seq.json").read_text())
+    assert "error" not in out, out
+    got = [f["md5"] for f in out["passes"][0]["frames"]]
+    assert got == [md5 for _, _, md5 in clip.frames]
 
 
 def test_fuzzer_simple_capture_vhost_device_media():
