@@ -37,7 +37,6 @@ import functools
 import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
