@@ -4,6 +4,7 @@
 
     decode_check.py --clip CLIP.h264 --ref REF.json --out DIR [--app ffmpeg|gst ...]
                     [--ffmpeg-decoder h264_v4l2m2m] [--gst-decoder v4l2h264dec] [--keep]
+                    [--save SAVEDIR]
 
 REF.json is written by tests/clips.py on the host: {"frames": [[width, height, md5], ...]} in
 display order, the md5 of each frame's NV12 bytes (Y then interleaved CbCr, no padding) as
@@ -32,7 +33,10 @@ left over. One JSON line per app goes to stdout:
 (`equals_reference_frame`: the reference index whose md5 the mismatching output frame has, if
 any: a reordering, duplicate or dropped frame shows up as an off-by-k index.) Exit status 0
 when every app's output is bit-exact, 1 otherwise, 2 on bad usage. Outputs are deleted after a
-successful check unless --keep.
+successful check unless --keep; with --save, a mismatching output and the app's log are moved
+to SAVEDIR. In the guest, DIR should be on the tmpfs (/tmp): the frames GStreamer hands to
+filesink may be the device's mmap()ed CAPTURE buffers (PFN mappings of the SHM BAR), which a
+9p zero-copy write cannot pin.
 """
 
 import argparse
@@ -151,6 +155,8 @@ def main(argv=None):
                     help="videoconvert after the decoder (for decoders without NV12 output)")
     ap.add_argument("--timeout", type=float, default=600, help="per app, s")
     ap.add_argument("--keep", action="store_true", help="keep the outputs even when they match")
+    ap.add_argument("--save", help="copy a mismatching output (and the app's log) here, e.g. "
+                                   "the rig's share $VMRS_OUT, for a look from the host")
     a = ap.parse_args(argv)
     with open(a.ref) as f:
         frames = [tuple(fr) for fr in json.load(f)["frames"]]
@@ -173,7 +179,14 @@ def main(argv=None):
         res["ok"] = rc == 0 and res["first_mismatch"] is None
         res["stderr_tail"] = err[-2500:]
         all_ok &= res["ok"]
-        if res["ok"] and not a.keep:
+        if not res["ok"] and a.save:
+            os.makedirs(a.save, exist_ok=True)
+            if os.path.exists(out):
+                shutil.copy(out, a.save)
+            with open(os.path.join(a.save, f"{app}.log"), "w") as f:
+                f.write(err)
+            res["saved"] = a.save
+        if (res["ok"] and not a.keep) or (a.save and os.path.exists(out)):
             os.unlink(out)
         print(json.dumps(res), flush=True)
     if os.path.isdir(os.path.join(a.out, "gst-plugins")):
