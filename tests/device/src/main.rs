@@ -8,6 +8,7 @@
 //! and waits for the next one when it disconnects. Logs go to stderr (RUST_LOG=debug traces every
 //! command). See Documentation/test-device.md.
 
+mod avdec;
 mod backend;
 mod chain;
 mod eventq;

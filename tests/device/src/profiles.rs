@@ -74,6 +74,13 @@ pub const PROFILES: &[Profile] = &[
                   copied into the next CAPTURE buffer; YM12/YUYV/YM16; per-open contexts",
         serve: m2m,
     },
+    Profile {
+        name: "decoder",
+        summary: "TestDevice: stateful H.264 decoder (VIDEO_M2M_MPLANE|STREAMING) on libavcodec: \
+                  H264 byte stream on OUTPUT, NV12/YU12 on CAPTURE, SOURCE_CHANGE/EOS events, \
+                  DECODER_CMD STOP/START, dynamic resolution change; per-open contexts",
+        serve: decoder,
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static Profile> {
@@ -149,6 +156,13 @@ pub const OUTPUT: Spec = Spec {
     formats: SP_FORMATS,
     sizes: SIZES,
 };
+/// The decoder's formats live in src/decoder.rs (per queue); `sizes` gives the initial size.
+pub const DECODER: Spec = Spec {
+    kind: Kind::Decoder,
+    mplane: true,
+    formats: &[*b"NV12"],
+    sizes: &[(320, 240)],
+};
 pub const M2M: Spec = Spec {
     kind: Kind::M2m,
     mplane: true,
@@ -191,6 +205,10 @@ fn output(listener: &mut Listener) -> anyhow::Result<()> {
 
 fn m2m(listener: &mut Listener) -> anyhow::Result<()> {
     serve_testdev(listener, M2M, "vmrs m2m")
+}
+
+fn decoder(listener: &mut Listener) -> anyhow::Result<()> {
+    serve_testdev(listener, DECODER, "vmrs h264 decoder")
 }
 
 #[cfg(test)]

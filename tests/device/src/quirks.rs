@@ -115,7 +115,7 @@ fn fix_fmtdesc_response(resp: &mut [u8]) {
 /// reserved[5]; 32 bytes): a `type` outside 1..=6 (V4L2_EVENT_VSYNC..V4L2_EVENT_MOTION_DET)
 /// or `flags` bits outside V4L2_EVENT_SUB_FL_SEND_INITIAL | V4L2_EVENT_SUB_FL_ALLOW_FEEDBACK.
 /// A payload shorter than 12 bytes is left to the crate (its reader fails with EINVAL).
-fn subscription_panics_crate(input: &[u8]) -> bool {
+pub(crate) fn subscription_panics_crate(input: &[u8]) -> bool {
     let word = |off: usize| {
         input
             .get(off..off + 4)

@@ -29,8 +29,9 @@ use virtio_media::protocol::{
 };
 use virtio_media::v4l2r::bindings::{self, v4l2_fmtdesc, v4l2_format, v4l2_requestbuffers};
 use virtio_media::v4l2r::ioctl::{
-    BufferCapabilities, BufferField, BufferFlags, CtrlWhich, MemoryConsistency,
-    UncheckedV4l2Buffer, V4l2Buffer, V4l2PlanesWithBackingMut,
+    BufferCapabilities, BufferField, BufferFlags, CtrlWhich, EventType, MemoryConsistency,
+    SelectionTarget, SelectionType, SubscribeEventFlags, UncheckedV4l2Buffer, V4l2Buffer,
+    V4l2PlanesWithBackingMut,
 };
 use virtio_media::v4l2r::memory::MemoryType;
 use virtio_media::v4l2r::{PixelFormat, QueueDirection, QueueType};
@@ -41,6 +42,9 @@ use virtio_media::{
 
 use crate::chain::{CmdReader, CmdWriter};
 use crate::guestmem::GuestMapper;
+
+#[path = "decoder.rs"]
+mod decoder;
 
 /// Most buffers per queue (vb2's `VIDEO_MAX_FRAME`).
 pub const MAX_BUFFERS: u32 = 32;
@@ -59,6 +63,9 @@ pub enum Kind {
     /// Loopback memory-to-memory: each OUTPUT buffer's payload is copied into the next CAPTURE
     /// buffer of the same session.
     M2m,
+    /// Stateful H.264 decoder (M2M, multi-planar): H.264 byte stream on OUTPUT, NV12/YU12
+    /// frames on CAPTURE, decoded with libavcodec (`decoder.rs`).
+    Decoder,
 }
 
 /// A device configuration (one per profile).
@@ -82,7 +89,7 @@ impl Spec {
             (Kind::Output, false) => bindings::V4L2_CAP_VIDEO_OUTPUT,
             (Kind::Output, true) => bindings::V4L2_CAP_VIDEO_OUTPUT_MPLANE,
             (Kind::M2m, false) => bindings::V4L2_CAP_VIDEO_M2M,
-            (Kind::M2m, true) => bindings::V4L2_CAP_VIDEO_M2M_MPLANE,
+            (Kind::M2m, true) | (Kind::Decoder, _) => bindings::V4L2_CAP_VIDEO_M2M_MPLANE,
         };
         io | bindings::V4L2_CAP_STREAMING
     }
@@ -90,6 +97,7 @@ impl Spec {
     fn capture_type(&self) -> Option<QueueType> {
         match (self.kind, self.mplane) {
             (Kind::Output, _) => None,
+            (Kind::Decoder, _) => Some(QueueType::VideoCaptureMplane),
             (_, false) => Some(QueueType::VideoCapture),
             (_, true) => Some(QueueType::VideoCaptureMplane),
         }
@@ -98,6 +106,7 @@ impl Spec {
     fn output_type(&self) -> Option<QueueType> {
         match (self.kind, self.mplane) {
             (Kind::Capture, _) => None,
+            (Kind::Decoder, _) => Some(QueueType::VideoOutputMplane),
             (_, false) => Some(QueueType::VideoOutput),
             (_, true) => Some(QueueType::VideoOutputMplane),
         }
@@ -192,6 +201,7 @@ pub fn layout(fourcc: &[u8; 4], w: u32, h: u32) -> Option<Vec<PlaneLayout>> {
         b"NM12" => vec![p(w, w * h), p(w, w * h / 2)],
         b"YM12" => vec![p(w, w * h), p(w / 2, w * h / 4), p(w / 2, w * h / 4)],
         b"YM16" => vec![p(w, w * h), p(w / 2, w * h / 2), p(w / 2, w * h / 2)],
+        b"H264" => vec![p(0, decoder::coded_buffer_size(w, h))],
         _ => return None,
     })
 }
@@ -206,6 +216,7 @@ fn description(fourcc: &[u8; 4]) -> &'static [u8] {
         b"NM12" => b"Y/UV 4:2:0 (N-C)",
         b"YM12" => b"Planar YUV 4:2:0 (N-C)",
         b"YM16" => b"Planar YUV 4:2:2 (N-C)",
+        b"H264" => b"H.264",
         _ => b"",
     }
 }
@@ -302,6 +313,35 @@ fn sane_colorimetry(c: Colorimetry) -> Colorimetry {
     }
 }
 
+/// The format a decoder queue takes for a S_FMT/TRY_FMT request: OUTPUT is H.264 of any even
+/// size up to the decoder's limits (the coded size, before the stream says otherwise); CAPTURE
+/// is NV12 or YU12 at the CAPTURE queue's current size (the stream's, once known).
+fn decoder_format(s: &TestSession, t: QueueType, fourcc: u32, w: u32, h: u32) -> Format {
+    let formats = if is_capture(t) {
+        decoder::CAPTURE_FORMATS
+    } else {
+        decoder::OUTPUT_FORMATS
+    };
+    let fourcc = formats
+        .iter()
+        .copied()
+        .find(|f| u32::from_le_bytes(*f) == fourcc)
+        .unwrap_or(formats[0]);
+    let (width, height) = match (is_capture(t), s.capture.as_ref()) {
+        (true, Some(q)) => (q.fmt.width, q.fmt.height),
+        _ => (
+            w.clamp(16, decoder::MAX_WIDTH) & !1,
+            h.clamp(16, decoder::MAX_HEIGHT) & !1,
+        ),
+    };
+    Format {
+        fourcc,
+        width,
+        height,
+        color: Colorimetry::default(),
+    }
+}
+
 /// Cuts an SG list to its first `size` bytes.
 fn trim_sgs(sgs: &mut Vec<SgEntry>, size: u32) {
     let mut total = 0u32;
@@ -395,6 +435,8 @@ pub struct TestSession {
     id: u32,
     capture: Option<Queue>,
     output: Option<Queue>,
+    /// The decoder profile's codec state.
+    codec: Option<decoder::Codec>,
 }
 
 impl VirtioMediaDeviceSession for TestSession {
@@ -578,7 +620,20 @@ where
     }
 
     fn is_m2m(&self) -> bool {
-        self.spec.kind == Kind::M2m
+        matches!(self.spec.kind, Kind::M2m | Kind::Decoder)
+    }
+
+    fn is_decoder(&self) -> bool {
+        self.spec.kind == Kind::Decoder
+    }
+
+    /// The formats queue `t` lists in ENUM_FMT.
+    fn formats_of(&self, t: QueueType) -> &'static [[u8; 4]] {
+        match (self.is_decoder(), is_capture(t)) {
+            (true, true) => decoder::CAPTURE_FORMATS,
+            (true, false) => decoder::OUTPUT_FORMATS,
+            _ => self.spec.formats,
+        }
     }
 
     fn fmt_of(&self, s: &TestSession, t: QueueType) -> Result<Format, i32> {
@@ -685,7 +740,11 @@ where
             };
             (p.pixelformat, p.width, p.height, c)
         };
-        let mut fmt = self.spec.adjust(pixfmt, w, h);
+        let mut fmt = if self.is_decoder() {
+            decoder_format(s, t, pixfmt, w, h)
+        } else {
+            self.spec.adjust(pixfmt, w, h)
+        };
         if self.is_m2m() {
             fmt.color = if is_capture(t) {
                 // CAPTURE follows OUTPUT.
@@ -957,7 +1016,7 @@ where
         b.v4l2.set_sequence(seq);
         b.v4l2.set_field(BufferField::None);
         let out = b.v4l2.clone();
-        b.v4l2.clear_flags(BufferFlags::ERROR);
+        b.v4l2.clear_flags(BufferFlags::ERROR | BufferFlags::LAST);
         evt.send_event(V4l2Event::DequeueBuffer(DequeueBufferEvent::new(
             session, out,
         )));
@@ -969,6 +1028,7 @@ where
             Kind::Capture => self.process_capture(s),
             Kind::Output => self.process_output(s),
             Kind::M2m => self.process_m2m(s),
+            Kind::Decoder => self.process_decoder(s),
         }
     }
 
@@ -1115,10 +1175,20 @@ where
 
     fn new_session(&mut self, id: u32) -> Result<TestSession, i32> {
         let f = self.spec.default_format();
+        let (codec, out_fmt) = if self.is_decoder() {
+            let coded = Format {
+                fourcc: decoder::OUTPUT_FORMATS[0],
+                ..f
+            };
+            (Some(decoder::Codec::new()?), coded)
+        } else {
+            (None, f)
+        };
         Ok(TestSession {
             id,
             capture: self.spec.capture_type().map(|t| Queue::new(t, f)),
-            output: self.spec.output_type().map(|t| Queue::new(t, f)),
+            output: self.spec.output_type().map(|t| Queue::new(t, out_fmt)),
+            codec,
         })
     }
 
@@ -1143,8 +1213,22 @@ where
             self.fix_prepared_qbuf(session, reader);
         }
         match ioctl {
-            // The crate's dispatcher unwraps the event type; no events here anyway.
-            V4l2Ioctl::VIDIOC_SUBSCRIBE_EVENT | V4l2Ioctl::VIDIOC_UNSUBSCRIBE_EVENT => {
+            // The crate's dispatcher unwraps the event type and flags (quirks.rs).
+            V4l2Ioctl::VIDIOC_SUBSCRIBE_EVENT
+                if self.is_decoder()
+                    && crate::quirks::subscription_panics_crate(
+                        reader
+                            .get_ref()
+                            .get(usize::try_from(reader.position()).unwrap_or(usize::MAX)..)
+                            .unwrap_or(&[]),
+                    ) =>
+            {
+                writer.write_err_response(libc::EINVAL)
+            }
+            // No events but the decoder's.
+            V4l2Ioctl::VIDIOC_SUBSCRIBE_EVENT | V4l2Ioctl::VIDIOC_UNSUBSCRIBE_EVENT
+                if !self.is_decoder() =>
+            {
                 writer.write_err_response(libc::ENOTTY)
             }
             // An M2M device that is not a stateful encoder has no G/S_PARM at all: ENOTTY for
@@ -1242,13 +1326,18 @@ where
 
     fn enum_fmt(&mut self, s: &TestSession, t: QueueType, index: u32) -> IoctlResult<v4l2_fmtdesc> {
         s.queue(t)?;
-        let f = self.spec.formats.get(index as usize).ok_or(libc::EINVAL)?;
+        let f = self.formats_of(t).get(index as usize).ok_or(libc::EINVAL)?;
         let mut d = v4l2_fmtdesc {
             index,
             type_: t as u32,
             pixelformat: PixelFormat::from_fourcc(f).to_u32(),
             ..Default::default()
         };
+        if f == b"H264" {
+            d.flags = bindings::V4L2_FMT_FLAG_COMPRESSED
+                | bindings::V4L2_FMT_FLAG_CONTINUOUS_BYTESTREAM
+                | bindings::V4L2_FMT_FLAG_DYN_RESOLUTION;
+        }
         let name = description(f);
         d.description[..name.len()].copy_from_slice(name);
         Ok(d)
@@ -1296,6 +1385,13 @@ where
                 // CAPTURE's colorimetry follows OUTPUT's.
                 if let Some(c) = s.capture.as_mut() {
                     c.fmt.color = new.color;
+                    // A decoder's CAPTURE size follows the coded size until the stream
+                    // announces its own (dev-decoder.rst, Initialization).
+                    let known = s.codec.as_ref().is_some_and(|c| c.stream_known());
+                    if self.is_decoder() && !known && c.bufs.is_empty() {
+                        c.fmt.width = new.width;
+                        c.fmt.height = new.height;
+                    }
                 }
             }
         } else {
@@ -1310,6 +1406,9 @@ where
         index: u32,
         pixel_format: u32,
     ) -> IoctlResult<bindings::v4l2_frmsizeenum> {
+        if self.is_decoder() {
+            return decoder::frame_sizes(index, pixel_format);
+        }
         if !self
             .spec
             .formats
@@ -1500,6 +1599,11 @@ where
         };
         let has_bufs = !q.bufs.is_empty();
         *s.queue_mut(t)? = q;
+        if is_capture(t) {
+            if let Some(c) = s.codec.as_mut() {
+                c.capture_allocated(has_bufs.then_some(&fmt));
+            }
+        }
         let count = res?;
         if !self.is_m2m() {
             let any = [&s.capture, &s.output]
@@ -1571,6 +1675,11 @@ where
         };
         let has_bufs = !q.bufs.is_empty();
         *s.queue_mut(t)? = q;
+        if is_capture(t) && index == 0 {
+            if let Some(c) = s.codec.as_mut() {
+                c.capture_allocated(has_bufs.then_some(&fmt));
+            }
+        }
         let count = res?;
         if !self.is_m2m() && has_bufs {
             self.owner = Some(s.id);
@@ -1633,13 +1742,92 @@ where
             q.streaming = true;
             q.sequence = 0;
         }
+        if self.is_decoder() {
+            self.decoder_streamon(s);
+        }
         self.process(s);
         Ok(())
     }
 
     fn streamoff(&mut self, s: &mut TestSession, t: QueueType) -> IoctlResult<()> {
         s.queue_mut(t)?.stop();
+        if self.is_decoder() {
+            self.decoder_streamoff(s, t);
+            self.process(s);
+        }
         Ok(())
+    }
+
+    fn subscribe_event(
+        &mut self,
+        s: &mut TestSession,
+        event: EventType,
+        _flags: SubscribeEventFlags,
+    ) -> IoctlResult<()> {
+        let codec = s.codec.as_mut().ok_or(libc::ENOTTY)?;
+        match event {
+            EventType::SourceChange(0) => codec.subscription(decoder::EVENT_SOURCE_CHANGE, true),
+            EventType::Eos => codec.subscription(decoder::EVENT_EOS, true),
+            _ => Err(libc::EINVAL),
+        }
+    }
+
+    fn unsubscribe_event(
+        &mut self,
+        s: &mut TestSession,
+        event: bindings::v4l2_event_subscription,
+    ) -> IoctlResult<()> {
+        let codec = s.codec.as_mut().ok_or(libc::ENOTTY)?;
+        codec.subscription(event.type_, false)
+    }
+
+    fn try_decoder_cmd(
+        &mut self,
+        s: &TestSession,
+        cmd: bindings::v4l2_decoder_cmd,
+    ) -> IoctlResult<bindings::v4l2_decoder_cmd> {
+        if s.codec.is_none() {
+            return Err(libc::ENOTTY);
+        }
+        Self::try_dec_cmd(&cmd)
+    }
+
+    fn decoder_cmd(
+        &mut self,
+        s: &mut TestSession,
+        cmd: bindings::v4l2_decoder_cmd,
+    ) -> IoctlResult<bindings::v4l2_decoder_cmd> {
+        self.dec_cmd(s, &cmd)
+    }
+
+    fn g_selection(
+        &mut self,
+        s: &TestSession,
+        sel_type: SelectionType,
+        target: SelectionTarget,
+    ) -> IoctlResult<bindings::v4l2_rect> {
+        // A decoder's CAPTURE compose rectangle: the visible frame, which here is the whole
+        // format (the device gives frames cropped to the stream's visible size).
+        let q = s
+            .capture
+            .as_ref()
+            .filter(|_| self.is_decoder())
+            .ok_or(libc::ENOTTY)?;
+        match (sel_type, target) {
+            (
+                SelectionType::Capture,
+                SelectionTarget::Compose
+                | SelectionTarget::ComposeDefault
+                | SelectionTarget::ComposeBounds
+                | SelectionTarget::ComposePadded,
+            ) => Ok(bindings::v4l2_rect {
+                left: 0,
+                top: 0,
+                width: q.fmt.width,
+                height: q.fmt.height,
+            }),
+            _ => Err(libc::EINVAL),
+        }
     }
 }
 
