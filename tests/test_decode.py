@@ -1,7 +1,9 @@
 """Issue 5: H.264 decoding through the driver from our test device's stateful decoder profile
 (`vmrs:decoder`: V4L2 M2M_MPLANE; OUTPUT_MPLANE takes an H.264 Annex-B byte stream, CAPTURE_MPLANE
-gives NV12; Documentation/test-device.md), with real applications: ffmpeg's h264_v4l2m2m and
-GStreamer's v4l2h264dec, and v4l2-compliance's stateful-decoder streaming.
+gives NV12; Documentation/test-device.md), with real applications: ffmpeg's h264_v4l2m2m,
+GStreamer's v4l2h264dec and v4l2-ctl's stateful-decoder loop (fed the clip in 4 KiB OUTPUT
+buffers cut regardless of NAL or frame boundaries: the "any chunking" byte-stream case), and
+v4l2-compliance's stateful-decoder tests.
 
 Expected frames come from tests/clips.py: the same clips decoded on the host by ffmpeg's
 SOFTWARE H.264 decoder (per frame: size and md5 of the NV12 bytes), never from the device. The
@@ -9,7 +11,7 @@ device decodes with libavcodec too, so the output must be bit-exact: every frame
 order (the clips have B-frames), with nothing missing (the drain) or extra, across a mid-stream
 resolution change (clip_change: 320x240 then 640x480).
 
-One guest boot per clip runs both applications (tests/guest_tools/decode_check.py); the two
+One guest boot per clip runs the three applications (tests/guest_tools/decode_check.py); the
 tests of a clip share it.
 """
 import json
@@ -24,7 +26,7 @@ pytestmark = pytest.mark.guest
 
 BACKEND = "vmrs:decoder"
 TEST_CLIPS = ["clip_320x240", "clip_1280x720", "clip_change"]
-APPS = ["ffmpeg", "gst"]
+APPS = ["ffmpeg", "gst", "v4l2ctl"]
 TOTALS = re.compile(r"^Total for virtio_media device /dev/video0: (\d+), Succeeded: (\d+), "
                     r"Failed: (\d+), Warnings: (\d+)$", re.M)
 
@@ -32,7 +34,7 @@ _runs: dict = {}
 
 
 def decode_run(name):
-    """Boots one guest that decodes clip `name` with both apps; memoised per session.
+    """Boots one guest that decodes clip `name` with every app; memoised per session.
 
     Returns (GuestResult, {app: decode_check result}). An exception of the run (splat, no
     report) is re-raised for every test of the clip."""

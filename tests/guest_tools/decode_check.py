@@ -2,7 +2,7 @@
 """Decodes an H.264 clip with a real application and checks every frame against a reference
 (issue 5). Runs INSIDE the test guest (tests/test_decode.py), standard library only.
 
-    decode_check.py --clip CLIP.h264 --ref REF.json --out DIR [--app ffmpeg|gst ...]
+    decode_check.py --clip CLIP.h264 --ref REF.json --out DIR [--app ffmpeg|gst|v4l2ctl ...]
                     [--ffmpeg-decoder h264_v4l2m2m] [--gst-decoder v4l2h264dec] [--keep]
                     [--save SAVEDIR]
 
@@ -21,6 +21,18 @@ ffmpeg's software decoder produces them. For each app:
           with a private plugin directory (symlinks to the 4 plugins needed) and registry in
           DIR, so the plugin scan is short and happens now, when the decoder node exists
           (the v4l2 plugin only registers v4l2h264dec for a decoder node it finds at scan time)
+  v4l2ctl: v4l2-ctl -d DEVICE --set-fmt-video-out=pixelformat=H264
+                 --set-fmt-video=pixelformat=NV12 --stream-mmap --stream-out-mmap
+                 --stream-from-hdr=DIR/clip.hdr --stream-to=DIR/v4l2ctl.yuv
+          (v4l2-ctl's stateful-decoder loop; clip.hdr is the clip cut into --chunk-byte
+          OUTPUT buffers regardless of NAL or frame boundaries. Not --stream-from: that puts
+          a whole clip (< 2 MiB) into ONE buffer, so v4l2-ctl sends DECODER_CMD STOP before
+          the CAPTURE queue streams, which dev-decoder.rst says starts no drain (vicodec
+          drains anyway): the frames still in the decoder would never come out. Small chunks
+          make v4l2-ctl send STOP after the stream started, a real drain. v4l2-ctl writes
+          `bytesused` bytes of each CAPTURE buffer; a drain that ends without a LAST buffer
+          shows up as missing final frames, as v4l2-ctl then leaves on its select() timeout
+          with status 0)
 
 then the output is split into frames by the reference's frame sizes and each frame's md5 is
 compared with the reference's. Every frame must be present, in order, and equal, with no bytes
@@ -48,6 +60,7 @@ import subprocess
 import sys
 import time
 
+APPS = ["ffmpeg", "gst", "v4l2ctl"]
 GST_PLUGIN_DIRS = ["/usr/lib/x86_64-linux-gnu/gstreamer-1.0", "/usr/lib/gstreamer-1.0"]
 # filesrc/filesink/capsfilter, h264parse, v4l2h264dec; openh264dec and videoconvert for
 # host-side sanity runs of this script (--gst-decoder openh264dec --gst-convert).
@@ -70,6 +83,28 @@ def gst_cmd(clip, out, decoder, convert=False):
     return ["gst-launch-1.0", "-q", "filesrc", f"location={clip}", "!", "h264parse", "!",
             decoder, "!", *conv, "video/x-raw,format=NV12", "!", "filesink",
             f"location={out}"]
+
+
+# v4l2-ctl's --stream-from-hdr file: per OUTPUT buffer the big-endian fourcc 'Vhdr', the
+# big-endian payload size of each plane, the payload (v4l2-ctl-streaming.cpp, FILE_HDR_ID).
+FILE_HDR_ID = ord("V") | ord("h") << 8 | ord("d") << 16 | ord("r") << 24
+
+
+def write_chunked(clip, path, chunk):
+    """The clip cut into `chunk`-byte OUTPUT buffers, in v4l2-ctl's --stream-from-hdr format."""
+    import struct
+    with open(clip, "rb") as f, open(path, "wb") as o:
+        while True:
+            data = f.read(chunk)
+            if not data:
+                break
+            o.write(struct.pack(">II", FILE_HDR_ID, len(data)) + data)
+
+
+def v4l2ctl_cmd(hdr_file, out, device):
+    return ["v4l2-ctl", "-d", device, "--set-fmt-video-out=pixelformat=H264",
+            "--set-fmt-video=pixelformat=NV12", "--stream-mmap", "--stream-out-mmap",
+            f"--stream-from-hdr={hdr_file}", f"--stream-to={out}"]
 
 
 def gst_env(workdir):
@@ -147,8 +182,11 @@ def main(argv=None):
     ap.add_argument("--clip", required=True)
     ap.add_argument("--ref", required=True, help="NAME.ref.json from tests/clips.py")
     ap.add_argument("--out", required=True, help="writable directory for the decoded output")
-    ap.add_argument("--app", action="append", choices=["ffmpeg", "gst"],
-                    help="repeatable; default both")
+    ap.add_argument("--app", action="append", choices=APPS,
+                    help="repeatable; default all three")
+    ap.add_argument("--device", default="/dev/video0", help="for v4l2-ctl")
+    ap.add_argument("--chunk", type=int, default=4096,
+                    help="v4l2-ctl: bytes of the clip per OUTPUT buffer (default 4096)")
     ap.add_argument("--ffmpeg-decoder", default="h264_v4l2m2m")
     ap.add_argument("--gst-decoder", default="v4l2h264dec")
     ap.add_argument("--gst-convert", action="store_true",
@@ -165,12 +203,16 @@ def main(argv=None):
         return 2
     os.makedirs(a.out, exist_ok=True)
     all_ok = True
-    for app in a.app or ["ffmpeg", "gst"]:
+    for app in a.app or APPS:
         out = os.path.join(a.out, f"{app}.yuv")
         if os.path.exists(out):
             os.unlink(out)
         if app == "ffmpeg":
             cmd, env = ffmpeg_cmd(a.clip, out, a.ffmpeg_decoder), None
+        elif app == "v4l2ctl":
+            hdr = os.path.join(a.out, "clip.hdr")
+            write_chunked(a.clip, hdr, a.chunk)
+            cmd, env = v4l2ctl_cmd(hdr, out, a.device), None
         else:
             cmd, env = gst_cmd(a.clip, out, a.gst_decoder, a.gst_convert), gst_env(a.out)
         rc, err, secs = run_app(cmd, env, a.timeout)
