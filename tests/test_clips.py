@@ -133,3 +133,20 @@ def test_checker_end_to_end_with_the_software_decoder(clipset, tmp_path, name):
 
 def test_nv12_size():
     assert clips.nv12_size(320, 240) == 115200 and clips.nv12_size(1280, 720) == 1382400
+
+
+def test_chunked_hdr_file_is_the_clip_in_vhdr_packets(clipset, tmp_path):
+    """v4l2-ctl --stream-from-hdr input: 'Vhdr' (read with ntohl), big-endian size, payload."""
+    import struct
+    c = clipset["clip_change"]
+    hdr = tmp_path / "c.hdr"
+    decode_check.write_chunked(str(c.path), str(hdr), 4096)
+    b, off, payload, sizes = hdr.read_bytes(), 0, b"", []
+    while off < len(b):
+        magic, size = struct.unpack_from(">II", b, off)
+        assert struct.pack(">I", magic) == b"rdhV"  # ntohl(v) == v4l2_fourcc('V','h','d','r')
+        payload += b[off + 8:off + 8 + size]
+        sizes.append(size)
+        off += 8 + size
+    assert payload == c.path.read_bytes()
+    assert set(sizes[:-1]) == {4096} and 0 < sizes[-1] <= 4096
