@@ -12,11 +12,13 @@
 #include <linux/virtio_config.h>
 #include <linux/workqueue.h>
 #include <linux/videodev2.h>
+#include <media/media-device.h>
 #include <media/v4l2-dev.h>
 #include <media/v4l2-device.h>
 #include <media/v4l2-event.h>
 #include <media/v4l2-fh.h>
 #include <media/v4l2-ioctl.h>
+#include <media/v4l2-mem2mem.h>
 
 /* Helpers for function-like macros, which bindgen cannot wrap (bindings_helpers.c). */
 unsigned long vmrs_spin_lock_irqsave(spinlock_t *lock);

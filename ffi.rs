@@ -805,7 +805,8 @@ fn to_c(r: Result) -> i32 {
 }
 
 /// The V4L2 objects embedded in [`VirtioMedia`]: `v4l2_device`, `video_device` and the
-/// `v4l2_file_operations` the video device points to.
+/// `v4l2_file_operations` the video device points to; for a codec, the media device
+/// (`/dev/mediaN`) and the mem2mem context whose entities describe it.
 #[pin_data]
 pub(crate) struct VideoNode {
     #[pin]
@@ -814,6 +815,57 @@ pub(crate) struct VideoNode {
     vdev: Opaque<raw::video_device>,
     #[pin]
     fops: Opaque<raw::v4l2_file_operations>,
+    #[pin]
+    mdev: Opaque<raw::media_device>,
+    /// The `v4l2_m2m_dev` owning the media entities; null without a media controller. Set
+    /// and cleared only in probe/remove (`register_video`, `unregister_video`).
+    #[pin]
+    m2m: Opaque<*mut raw::v4l2_m2m_dev>,
+}
+
+/// What `register_video` registers: the node's `vfl_devnode_type` (`VFL_TYPE_*`), direction,
+/// V4L2 `device_caps` (from the config space) and, for a codec, its media controller
+/// function.
+pub(crate) struct NodeDesc {
+    pub(crate) vfl_type: u32,
+    pub(crate) dir: Direction,
+    pub(crate) device_caps: u32,
+    pub(crate) codec: Option<CodecFunction>,
+}
+
+/// What the media controller says an M2M node is (`MEDIA_ENT_F_PROC_VIDEO_*`,
+/// include/uapi/linux/media.h): v4l2-compliance and user space look codecs up by it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum CodecFunction {
+    /// `MEDIA_ENT_F_PROC_VIDEO_DECODER`: compressed OUTPUT, raw CAPTURE.
+    Decoder,
+    /// `MEDIA_ENT_F_PROC_VIDEO_ENCODER`: raw OUTPUT, compressed CAPTURE.
+    Encoder,
+}
+
+/// `v4l2_m2m_ops` of the mem2mem context that only carries the media entities: the driver
+/// schedules no mem2mem job (the device does), so `device_run` is never called.
+struct M2mOps(raw::v4l2_m2m_ops);
+// SAFETY: Read-only after initialisation; the kernel only reads it.
+unsafe impl Sync for M2mOps {}
+
+/// `v4l2_m2m_ops.device_run`: never called (no `v4l2_m2m_ctx` is ever created).
+///
+/// # Safety
+///
+/// Only the kernel calls this, as the callback it was registered as.
+unsafe extern "C" fn m2m_device_run(_priv: *mut c_void) {}
+
+static M2M_OPS: M2mOps = M2mOps(raw::v4l2_m2m_ops {
+    device_run: Some(m2m_device_run),
+    job_ready: None,
+    job_abort: None,
+});
+
+/// `IS_ERR_OR_NULL` (include/linux/err.h: error pointers are the top `MAX_ERRNO` = 4095
+/// addresses) for a pointer returned by the kernel.
+fn is_err_or_null<T>(p: *mut T) -> bool {
+    p.is_null() || (p as usize) > usize::MAX - 4095
 }
 
 /// `vfl_devnode_direction` of a video node.
@@ -843,6 +895,14 @@ impl VideoNode {
                 // SAFETY: As above.
                 unsafe { core::ptr::write_bytes(p, 0, 1) }
             }),
+            mdev <- Opaque::ffi_init(|p: *mut raw::media_device| {
+                // SAFETY: As above (an uninitialised media device is all-zero).
+                unsafe { core::ptr::write_bytes(p, 0, 1) }
+            }),
+            m2m <- Opaque::ffi_init(|p: *mut *mut raw::v4l2_m2m_dev| {
+                // SAFETY: `p` is valid for writes.
+                unsafe { p.write(core::ptr::null_mut()) }
+            }),
         })
     }
 }
@@ -864,22 +924,39 @@ unsafe fn media_of<'a>(vdev: *mut raw::video_device) -> ArcBorrow<'a, VirtioMedi
 }
 
 /// Registers the V4L2 device and video node of `media` (which must stay pinned in its `Arc`
-/// until the video device's `release` callback drops the reference taken here).
+/// until the video device's `release` callback drops the reference taken here) and, for a
+/// codec, its media controller (`/dev/mediaN`; a failure there is only logged).
 ///
 /// Errors: those of `v4l2_device_register` and `video_register_device`.
 pub(crate) fn register_video(
     media: &Arc<VirtioMedia>,
     vdev: &VirtioDevice,
     module: &'static ThisModule,
-    vfl_type: u32,
-    dir: Direction,
-    device_caps: u32,
-    name: &[u8],
+    desc: NodeDesc,
 ) -> Result {
+    let NodeDesc {
+        vfl_type,
+        dir,
+        device_caps,
+        codec,
+    } = desc;
+    let name = media.card();
     let node = media.node();
     let v4l2_dev = node.v4l2_dev.get();
     // SAFETY: `vdev` is the bound device; `v4l2_dev` is zeroed and pinned inside `media`.
     to_result(unsafe { raw::v4l2_device_register(&raw mut (*vdev.as_ptr()).dev, v4l2_dev) })?;
+    if codec.is_some() {
+        let mdev = node.mdev.get();
+        // SAFETY: `mdev` is zeroed and pinned in `media`, not yet initialised; `vdev` is the
+        // bound device, which outlives the media device (unregistered in `remove`).
+        unsafe {
+            (*mdev).dev = &raw mut (*vdev.as_ptr()).dev;
+            copy_name(&mut (*mdev).model, name);
+            copy_name(&mut (*mdev).bus_info, media.bus_info());
+            raw::media_device_init(mdev);
+            (*v4l2_dev).mdev = mdev;
+        }
+    }
 
     let fops = node.fops.get();
     let vd = node.vdev.get();
@@ -902,10 +979,7 @@ pub(crate) fn register_video(
             Direction::Tx => raw::vfl_devnode_direction_VFL_DIR_TX,
             Direction::M2m => raw::vfl_devnode_direction_VFL_DIR_M2M,
         };
-        let n = name.len().min((*vd).name.len() - 1);
-        for (d, s) in (*vd).name.iter_mut().zip(&name[..n]) {
-            *d = *s;
-        }
+        copy_name(&mut (*vd).name, name);
     }
     // The video device holds a reference to `media`, dropped by `vdev_release`.
     let held = Arc::into_raw(media.clone());
@@ -914,10 +988,74 @@ pub(crate) fn register_video(
     if ret != 0 {
         // SAFETY: Registration failed, so `release` will not run: take the reference back.
         drop(unsafe { Arc::from_raw(held) });
-        // SAFETY: Registered above.
-        unsafe { raw::v4l2_device_unregister(v4l2_dev) };
+        // SAFETY: Registered above; the media device (if any) was initialised above and
+        // nothing was registered with it.
+        unsafe {
+            raw::v4l2_device_unregister(v4l2_dev);
+            if !(*v4l2_dev).mdev.is_null() {
+                raw::media_device_cleanup(node.mdev.get());
+            }
+        }
         return Err(Error::from_errno(ret));
     }
+    if let Some(function) = codec {
+        if let Err(e) = register_media(node, module, function) {
+            dev_warn_rl!(
+                vdev.dev(),
+                "no media controller for the codec node: {:?}",
+                e
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Copies `src` into the fixed-size C string `dst`, cut to leave a NUL.
+fn copy_name<const N: usize>(dst: &mut [u8; N], src: &[u8]) {
+    let n = src.len().min(N.saturating_sub(1));
+    for (d, s) in dst.iter_mut().zip(&src[..n]) {
+        *d = *s;
+    }
+}
+
+/// Registers the media controller of a codec node: the mem2mem topology (source, processing
+/// entity of `function`, sink; the video node's interface) and `/dev/mediaN`, as the kernel's
+/// mem2mem codec drivers do. The node works without it (only the media device is missing).
+fn register_media(
+    node: &VideoNode,
+    module: &'static ThisModule,
+    function: CodecFunction,
+) -> Result {
+    let function = match function {
+        CodecFunction::Decoder => raw::MEDIA_ENT_F_PROC_VIDEO_DECODER,
+        CodecFunction::Encoder => raw::MEDIA_ENT_F_PROC_VIDEO_ENCODER,
+    };
+    let function = i32::try_from(function).map_err(|_| EINVAL)?;
+    // SAFETY: `M2M_OPS` is static and has `device_run`.
+    let m2m = unsafe { raw::v4l2_m2m_init(&M2M_OPS.0) };
+    if is_err_or_null(m2m) {
+        return Err(ENOMEM);
+    }
+    let mdev = node.mdev.get();
+    // SAFETY: `m2m` was just created; the video device is registered (it has its minor).
+    let ret = unsafe { raw::v4l2_m2m_register_media_controller(m2m, node.vdev.get(), function) };
+    if ret != 0 {
+        // SAFETY: Created above, not registered anywhere.
+        unsafe { raw::v4l2_m2m_release(m2m) };
+        return Err(Error::from_errno(ret));
+    }
+    // SAFETY: `mdev` was initialised by `register_video` and now holds the entities.
+    let ret = unsafe { raw::__media_device_register(mdev, module.as_ptr().cast()) };
+    if ret != 0 {
+        // SAFETY: The entities were registered above; the media device was not.
+        unsafe {
+            raw::v4l2_m2m_unregister_media_controller(m2m);
+            raw::v4l2_m2m_release(m2m);
+        }
+        return Err(Error::from_errno(ret));
+    }
+    // SAFETY: Only probe and remove touch `m2m`, and they do not run concurrently.
+    unsafe { node.m2m.get().write(m2m) };
     Ok(())
 }
 
@@ -925,10 +1063,26 @@ pub(crate) fn register_video(
 /// further ioctls) and the V4L2 device.
 pub(crate) fn unregister_video(media: &VirtioMedia) {
     let node = media.node();
-    // SAFETY: Registered by `register_video`; called once, from `remove`.
+    // SAFETY: Only probe and remove touch `m2m`, and they do not run concurrently.
+    let m2m = unsafe { node.m2m.get().read() };
+    let v4l2_dev = node.v4l2_dev.get();
+    // SAFETY: Registered by `register_video` (the media device and its entities when `m2m`
+    // is set); called once, from `remove`, in the reverse order of registration.
     unsafe {
+        if !m2m.is_null() {
+            raw::media_device_unregister(node.mdev.get());
+            raw::v4l2_m2m_unregister_media_controller(m2m);
+        }
         raw::video_unregister_device(node.vdev.get());
-        raw::v4l2_device_unregister(node.v4l2_dev.get());
+        if !m2m.is_null() {
+            raw::v4l2_m2m_release(m2m);
+            node.m2m.get().write(core::ptr::null_mut());
+        }
+        let had_mdev = !(*v4l2_dev).mdev.is_null();
+        raw::v4l2_device_unregister(v4l2_dev);
+        if had_mdev {
+            raw::media_device_cleanup(node.mdev.get());
+        }
     }
 }
 

@@ -1074,6 +1074,11 @@ impl Session {
             return Err(EINVAL);
         }
         let planes: &mut [u8] = if multi { planes } else { &mut [] };
+        if memory == protocol::MEMORY_MMAP
+            && matches!(nr, protocol::nr::QBUF | protocol::nr::PREPARE_BUF)
+        {
+            self.fill_mmap_lengths(b, planes);
+        }
         let prepared = if userptr && nr == protocol::nr::QBUF {
             self.take_prepared(b, planes, multi)?
         } else {
@@ -1156,6 +1161,38 @@ impl Session {
 
     /// Remembers the plane sizes the device gave buffer `b` (with `planes`) in a successful
     /// QUERYBUF/QBUF/PREPARE_BUF answer; sizes of 0 (not told) keep what was known.
+    /// QBUF/PREPARE_BUF of an MMAP buffer: vb2 takes plane lengths from the buffer, not from
+    /// the caller (who may leave them 0); so does the driver, with the sizes the device gave
+    /// ([`Self::record_lengths`]), so that the device sees a consistent buffer.
+    fn fill_mmap_lengths(&self, b: &mut [u8], planes: &mut [u8]) {
+        let get = |b: &[u8], off| protocol::get_u32(b, off).unwrap_or(u32::MAX);
+        let Some(q) = protocol::queue_of(get(b, protocol::buf::TYPE)) else {
+            return;
+        };
+        let known = {
+            let st = self.state.lock();
+            match st.queues[q as usize]
+                .lengths
+                .get(get(b, protocol::buf::INDEX) as usize)
+            {
+                Some(k) => *k,
+                None => return,
+            }
+        };
+        if planes.is_empty() {
+            if known[0] != 0 {
+                let _ = protocol::put_u32(b, protocol::buf::LENGTH, known[0]);
+            }
+            return;
+        }
+        for (i, &n) in known.iter().enumerate() {
+            let off = i * protocol::plane::SIZE + protocol::plane::LENGTH;
+            if n != 0 && off + 4 <= planes.len() {
+                let _ = protocol::put_u32(planes, off, n);
+            }
+        }
+    }
+
     fn record_lengths(&self, b: &[u8], planes: &[u8]) {
         let get = |off| protocol::get_u32(b, off).unwrap_or(u32::MAX);
         let Some(q) = protocol::queue_of(get(protocol::buf::TYPE)) else {

@@ -473,6 +473,44 @@ fn bus_info_for(vdev: &VirtioDevice) -> [u8; 32] {
     out
 }
 
+/// Whether an M2M device is a codec, for its media controller entity: a decoder lists a
+/// compressed format (`V4L2_FMT_FLAG_COMPRESSED` in its ENUM_FMT answer) on OUTPUT, an
+/// encoder on CAPTURE. Asked once at probe through a session of its own (at most 32 formats
+/// per queue); `None` when the device is neither or does not answer.
+fn codec_function(media: &Arc<VirtioMedia>, mplane: bool) -> Option<ffi::CodecFunction> {
+    // V4L2_BUF_TYPE_VIDEO_OUTPUT(_MPLANE), V4L2_BUF_TYPE_VIDEO_CAPTURE(_MPLANE).
+    let (output, capture) = if mplane { (10, 9) } else { (2, 1) };
+    // V4L2_FMT_FLAG_COMPRESSED; `v4l2_fmtdesc` is 64 bytes: index @0, type @4, flags @8.
+    const COMPRESSED: u32 = 1;
+    let session = Session::open(media.clone()).ok()?;
+    let compressed = |buf_type: u32| {
+        for index in 0..32u32 {
+            let mut d = [0u8; 64];
+            protocol::put_u32(&mut d, 0, index);
+            protocol::put_u32(&mut d, 4, buf_type);
+            if session
+                .ioctl(protocol::nr::ENUM_FMT, &mut [&mut d])
+                .is_err()
+            {
+                return false;
+            }
+            if protocol::get_u32(&d, 8).unwrap_or(0) & COMPRESSED != 0 {
+                return true;
+            }
+        }
+        false
+    };
+    let function = if compressed(output) {
+        Some(ffi::CodecFunction::Decoder)
+    } else if compressed(capture) {
+        Some(ffi::CodecFunction::Encoder)
+    } else {
+        None
+    };
+    session.close();
+    function
+}
+
 pub(crate) fn probe(vdev: &VirtioDevice) -> Result {
     let dev = vdev.dev();
     let cfg = DeviceConfig::read(vdev)?;
@@ -526,15 +564,21 @@ pub(crate) fn probe(vdev: &VirtioDevice) -> Result {
         dev_err!(dev, "cannot post eventq buffers: {:?}", e);
         return Err(fail(e));
     }
-    if let Err(e) = ffi::register_video(
-        &media,
-        vdev,
-        &THIS_MODULE,
-        cfg.vfl_type,
-        cfg.dir,
-        cfg.device_caps,
-        media.card(),
-    ) {
+    let codec = if cfg.dir == ffi::Direction::M2m {
+        codec_function(
+            &media,
+            cfg.device_caps & ffi::raw::V4L2_CAP_VIDEO_M2M_MPLANE != 0,
+        )
+    } else {
+        None
+    };
+    let desc = ffi::NodeDesc {
+        vfl_type: cfg.vfl_type,
+        dir: cfg.dir,
+        device_caps: cfg.device_caps,
+        codec,
+    };
+    if let Err(e) = ffi::register_video(&media, vdev, &THIS_MODULE, desc) {
         dev_err!(dev, "cannot register the video device: {:?}", e);
         return Err(fail(e));
     }

@@ -39,16 +39,18 @@ use crate::avdec::{self, H264Decoder, Received};
 
 /// Decoded frames the device keeps while no CAPTURE buffer is free.
 pub const MAX_PENDING: usize = 8;
-/// OUTPUT (bitstream) buffer size, in bytes: 2 MiB, or more for very large frames.
+/// OUTPUT (bitstream) buffer size for a coded size, in bytes: half the raw 4:2:0 frame
+/// (w * h / 2, a 3:1 compression floor), at least 16 KiB, in whole pages.
 pub fn coded_buffer_size(w: u32, h: u32) -> u32 {
-    (w.saturating_mul(h).saturating_mul(3) / 4).max(2 << 20)
+    let n = (w.saturating_mul(h) / 2).max(16 << 10);
+    n.div_ceil(4096).saturating_mul(4096)
 }
 /// Largest coded size accepted by S_FMT and advertised by ENUM_FRAMESIZES (H.264 level 5.1).
 pub const MAX_WIDTH: u32 = 4096;
 pub const MAX_HEIGHT: u32 = 2304;
-/// Formats of each queue, in ENUM_FMT order (the first is the default).
+/// OUTPUT formats, in ENUM_FMT order (CAPTURE's, NV12 and/or YU12, are the profile's
+/// `Spec::formats`).
 pub const OUTPUT_FORMATS: &[[u8; 4]] = &[*b"H264"];
-pub const CAPTURE_FORMATS: &[[u8; 4]] = &[*b"NV12", *b"YU12"];
 
 /// `V4L2_EVENT_EOS`, `V4L2_EVENT_SOURCE_CHANGE`, `V4L2_EVENT_SRC_CH_RESOLUTION` (videodev2.h).
 pub const EVENT_EOS: u32 = 2;
@@ -80,6 +82,9 @@ pub struct Codec {
     dec: H264Decoder,
     input: Option<Input>,
     frames: VecDeque<avdec::Frame>,
+    /// Timestamp of the last OUTPUT buffer taken: what frames flushed out by a drain carry if
+    /// the parser had none for them.
+    last_pts: i64,
     /// The size the last SOURCE_CHANGE announced.
     stream: Option<(u32, u32)>,
     /// CAPTURE format size when the current CAPTURE buffers were allocated.
@@ -105,6 +110,7 @@ impl Codec {
             dec: H264Decoder::new().ok_or(libc::ENOMEM)?,
             input: None,
             frames: VecDeque::new(),
+            last_pts: 0,
             stream: None,
             alloc_size: None,
             owe_last: None,
@@ -186,10 +192,14 @@ impl Codec {
 
 /// ENUM_FRAMESIZES: H.264 and the raw formats, 16x16 up to [`MAX_WIDTH`]x[`MAX_HEIGHT`] in
 /// steps of 2 (any even size; the stream decides the real one).
-pub fn frame_sizes(index: u32, pixel_format: u32) -> Result<bindings::v4l2_frmsizeenum, i32> {
+pub fn frame_sizes(
+    index: u32,
+    pixel_format: u32,
+    capture_formats: &[[u8; 4]],
+) -> Result<bindings::v4l2_frmsizeenum, i32> {
     let known = OUTPUT_FORMATS
         .iter()
-        .chain(CAPTURE_FORMATS)
+        .chain(capture_formats)
         .any(|f| u32::from_le_bytes(*f) == pixel_format);
     if index != 0 || !known {
         return Err(libc::EINVAL);
@@ -283,6 +293,7 @@ where
                         debug!("decoder: OUTPUT buffer {i} pts {pts}");
                         match self.read_planes(b) {
                             Ok(planes) => {
+                                codec.last_pts = pts;
                                 codec.input = Some(Input {
                                     index: i,
                                     data: planes.concat(),
@@ -341,13 +352,14 @@ where
                 }
             } else if codec.draining && codec.drain_left == 0 {
                 // Everything queued before STOP is parsed: out with the rest.
-                if let Ok((_, true)) = codec.dec.parse(&[], avdec::NO_PTS) {
-                    codec.receive_all(avdec::NO_PTS);
+                let pts = codec.last_pts;
+                if let Ok((_, true)) = codec.dec.parse(&[], pts) {
+                    codec.receive_all(pts);
                 }
                 if let Err(e) = codec.dec.drain() {
                     warn!("decoder: drain failed (errno {e})");
                 }
-                codec.receive_all(avdec::NO_PTS);
+                codec.receive_all(pts);
                 codec.flushed = true;
                 progress = true;
             }
@@ -452,11 +464,16 @@ where
             return;
         };
         if super::is_capture(t) {
+            // Restarting CAPTURE after a resolution change is part of the sequence (a drain
+            // asked for meanwhile goes on at the new size); any other STREAMOFF of CAPTURE
+            // aborts a drain (dev-decoder.rst, Drain, note).
+            let resolution_change =
+                codec.wait_restart || codec.owe_last == Some(Last::ResolutionChange);
             codec.wait_restart = false;
             if codec.owe_last == Some(Last::ResolutionChange) {
                 codec.owe_last = None;
             }
-            if codec.draining || codec.owe_last.is_some() {
+            if !resolution_change && (codec.draining || codec.owe_last.is_some()) {
                 // A drain cut short by the client: the next STREAMON starts afresh.
                 codec.owe_last = None;
                 codec.draining = false;
@@ -478,11 +495,14 @@ where
         }
     }
 
-    /// VIDIOC_TRY_DECODER_CMD: START and STOP without flags; PAUSE/RESUME are not supported.
+    /// VIDIOC_TRY_DECODER_CMD: START and STOP, with their flags cleared (this decoder has
+    /// none: no STOP_TO_BLACK/IMMEDIATELY, no audio) and START's speed/format at 0 (normal);
+    /// PAUSE/RESUME and unknown commands are `EINVAL` (what v4l2-compliance asks of stateful
+    /// decoders).
     pub(super) fn try_dec_cmd(
         cmd: &bindings::v4l2_decoder_cmd,
     ) -> Result<bindings::v4l2_decoder_cmd, i32> {
-        if !matches!(cmd.cmd, DEC_CMD_START | DEC_CMD_STOP) || cmd.flags != 0 {
+        if !matches!(cmd.cmd, DEC_CMD_START | DEC_CMD_STOP) {
             return Err(libc::EINVAL);
         }
         Ok(bindings::v4l2_decoder_cmd {

@@ -75,6 +75,12 @@ pub const PROFILES: &[Profile] = &[
         serve: m2m,
     },
     Profile {
+        name: "decoder-yu12",
+        summary: "the decoder profile with YU12 as its only CAPTURE format: v4l2-compliance \
+                  1.22.1 fails any device offering NV12 (kernel 6.12 renamed its description)",
+        serve: decoder_yu12,
+    },
+    Profile {
         name: "decoder",
         summary: "TestDevice: stateful H.264 decoder (VIDEO_M2M_MPLANE|STREAMING) on libavcodec: \
                   H264 byte stream on OUTPUT, NV12/YU12 on CAPTURE, SOURCE_CHANGE/EOS events, \
@@ -156,12 +162,17 @@ pub const OUTPUT: Spec = Spec {
     formats: SP_FORMATS,
     sizes: SIZES,
 };
-/// The decoder's formats live in src/decoder.rs (per queue); `sizes` gives the initial size.
+/// A decoder's `formats` are its CAPTURE formats (OUTPUT takes H264, src/decoder.rs);
+/// `sizes` gives the initial size.
 pub const DECODER: Spec = Spec {
     kind: Kind::Decoder,
     mplane: true,
-    formats: &[*b"NV12"],
+    formats: &[*b"NV12", *b"YU12"],
     sizes: &[(320, 240)],
+};
+pub const DECODER_YU12: Spec = Spec {
+    formats: &[*b"YU12"],
+    ..DECODER
 };
 pub const M2M: Spec = Spec {
     kind: Kind::M2m,
@@ -209,6 +220,10 @@ fn m2m(listener: &mut Listener) -> anyhow::Result<()> {
 
 fn decoder(listener: &mut Listener) -> anyhow::Result<()> {
     serve_testdev(listener, DECODER, "vmrs h264 decoder")
+}
+
+fn decoder_yu12(listener: &mut Listener) -> anyhow::Result<()> {
+    serve_testdev(listener, DECODER_YU12, "vmrs h264 decoder")
 }
 
 #[cfg(test)]

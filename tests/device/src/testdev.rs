@@ -30,8 +30,8 @@ use virtio_media::protocol::{
 use virtio_media::v4l2r::bindings::{self, v4l2_fmtdesc, v4l2_format, v4l2_requestbuffers};
 use virtio_media::v4l2r::ioctl::{
     BufferCapabilities, BufferField, BufferFlags, CtrlWhich, EventType, MemoryConsistency,
-    SelectionTarget, SelectionType, SubscribeEventFlags, UncheckedV4l2Buffer, V4l2Buffer,
-    V4l2PlanesWithBackingMut,
+    SelectionFlags, SelectionTarget, SelectionType, SubscribeEventFlags, UncheckedV4l2Buffer,
+    V4l2Buffer, V4l2PlanesWithBackingMut,
 };
 use virtio_media::v4l2r::memory::MemoryType;
 use virtio_media::v4l2r::{PixelFormat, QueueDirection, QueueType};
@@ -316,9 +316,16 @@ fn sane_colorimetry(c: Colorimetry) -> Colorimetry {
 /// The format a decoder queue takes for a S_FMT/TRY_FMT request: OUTPUT is H.264 of any even
 /// size up to the decoder's limits (the coded size, before the stream says otherwise); CAPTURE
 /// is NV12 or YU12 at the CAPTURE queue's current size (the stream's, once known).
-fn decoder_format(s: &TestSession, t: QueueType, fourcc: u32, w: u32, h: u32) -> Format {
+fn decoder_format(
+    s: &TestSession,
+    capture_formats: &'static [[u8; 4]],
+    t: QueueType,
+    fourcc: u32,
+    w: u32,
+    h: u32,
+) -> Format {
     let formats = if is_capture(t) {
-        decoder::CAPTURE_FORMATS
+        capture_formats
     } else {
         decoder::OUTPUT_FORMATS
     };
@@ -630,7 +637,7 @@ where
     /// The formats queue `t` lists in ENUM_FMT.
     fn formats_of(&self, t: QueueType) -> &'static [[u8; 4]] {
         match (self.is_decoder(), is_capture(t)) {
-            (true, true) => decoder::CAPTURE_FORMATS,
+            (true, true) => self.spec.formats,
             (true, false) => decoder::OUTPUT_FORMATS,
             _ => self.spec.formats,
         }
@@ -741,7 +748,7 @@ where
             (p.pixelformat, p.width, p.height, c)
         };
         let mut fmt = if self.is_decoder() {
-            decoder_format(s, t, pixfmt, w, h)
+            decoder_format(s, self.spec.formats, t, pixfmt, w, h)
         } else {
             self.spec.adjust(pixfmt, w, h)
         };
@@ -1407,7 +1414,7 @@ where
         pixel_format: u32,
     ) -> IoctlResult<bindings::v4l2_frmsizeenum> {
         if self.is_decoder() {
-            return decoder::frame_sizes(index, pixel_format);
+            return decoder::frame_sizes(index, pixel_format, self.spec.formats);
         }
         if !self
             .spec
@@ -1828,6 +1835,26 @@ where
             }),
             _ => Err(libc::EINVAL),
         }
+    }
+
+    fn s_selection(
+        &mut self,
+        s: &mut TestSession,
+        sel_type: SelectionType,
+        target: SelectionTarget,
+        _rect: bindings::v4l2_rect,
+        _flags: SelectionFlags,
+    ) -> IoctlResult<bindings::v4l2_rect> {
+        // The decoder neither crops nor scales: COMPOSE is read-only, setting it answers the
+        // visible rectangle (as kernel decoders without a scaler do).
+        if target != SelectionTarget::Compose {
+            return Err(if self.is_decoder() {
+                libc::EINVAL
+            } else {
+                libc::ENOTTY
+            });
+        }
+        self.g_selection(s, sel_type, target)
     }
 }
 
