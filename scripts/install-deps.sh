@@ -31,6 +31,11 @@ apt-get install -y -qq --no-install-recommends \
 	seabios qemu-system-data dpkg-dev \
 	busybox-static v4l-utils libv4l-0 ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-good \
 	gstreamer1.0-plugins-base python3 socat >/dev/null
+# H.264 decoder profile (issue 5): libavcodec for the test device's decoder (vmrs:decoder);
+# h264parse (gstreamer1.0-plugins-bad) for GStreamer's v4l2h264dec pipelines in the tests;
+# ffmpeg (above) brings libx264 and ffprobe for the test clips (tests/clips.py).
+apt-get install -y -qq --no-install-recommends \
+	libavcodec-dev libavutil-dev gstreamer1.0-plugins-bad >/dev/null
 apt-get install -y -qq --no-install-recommends -t bookworm-backports meson python3-pycotap >/dev/null
 echo "$want" > "$stamp"
 log "deps installed"
