@@ -24,7 +24,9 @@ die() { log "error: $*"; exit 1; }
 # file and sources (names + contents), so any edit builds into a new directory. Sets VMRS_DEVICE.
 vmrs_device_paths() {
 	local dir=$REPO/tests/device f hash
-	hash=$(cd "$dir" && find Cargo.toml Cargo.lock src -type f \( -name '*.rs' -o -name 'Cargo.*' \) \
+	# Every build input: the Rust sources, build.rs and the C it compiles (csrc/, decoder profile).
+	hash=$(cd "$dir" && find Cargo.toml Cargo.lock build.rs src csrc -type f \
+		\( -name '*.rs' -o -name 'Cargo.*' -o -name '*.c' -o -name '*.h' \) 2>/dev/null \
 		| LC_ALL=C sort | while read -r f; do printf '%s\0' "$f"; cat "$f"; done | sha256sum | cut -c1-12)
 	VMRS_DEVICE_DIR=$CACHE/vmrs-device-$hash
 	VMRS_DEVICE=$VMRS_DEVICE_DIR/vmrs-device
