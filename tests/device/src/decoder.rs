@@ -459,7 +459,7 @@ where
     }
 
     /// STREAMOFF of a decoder queue.
-    pub(super) fn decoder_streamoff(&mut self, s: &mut TestSession, t: QueueType) {
+    pub(super) fn decoder_streamoff(&mut self, s: &mut TestSession, t: QueueType, was_on: bool) {
         let Some(codec) = s.codec.as_mut() else {
             return;
         };
@@ -473,7 +473,9 @@ where
             if codec.owe_last == Some(Last::ResolutionChange) {
                 codec.owe_last = None;
             }
-            if !resolution_change && (codec.draining || codec.owe_last.is_some()) {
+            // (STREAMOFF of a queue that was not streaming, as clients do before setting
+            // CAPTURE up, changes nothing.)
+            if was_on && !resolution_change && (codec.draining || codec.owe_last.is_some()) {
                 // A drain cut short by the client: the next STREAMON starts afresh.
                 codec.owe_last = None;
                 codec.draining = false;
@@ -483,7 +485,7 @@ where
                     warn!("decoder reset failed (errno {e})");
                 }
             }
-        } else {
+        } else if was_on {
             codec.reset();
         }
     }
@@ -518,17 +520,18 @@ where
         cmd: &bindings::v4l2_decoder_cmd,
     ) -> Result<bindings::v4l2_decoder_cmd, i32> {
         let answer = Self::try_dec_cmd(cmd)?;
-        let both = s.output.as_ref().is_some_and(|q| q.streaming)
-            && s.capture.as_ref().is_some_and(|q| q.streaming);
+        let out_streaming = s.output.as_ref().is_some_and(|q| q.streaming);
         let queued = s.output.as_ref().map_or(0, |q| q.queued.len());
         let Some(codec) = s.codec.as_mut() else {
             return Err(libc::ENOTTY);
         };
         match cmd.cmd {
             DEC_CMD_STOP => {
-                // dev-decoder.rst: without both queues streaming the command succeeds but
-                // does not start a drain.
-                if both && !codec.stopped && !codec.draining {
+                // dev-decoder.rst lets a decoder ignore STOP unless both queues stream; like
+                // the kernel's vicodec, this one drains as soon as OUTPUT streams (CAPTURE
+                // gets the frames and the LAST flag once it is set up): v4l2-ctl sends STOP
+                // after a short clip before it has set CAPTURE up.
+                if out_streaming && !codec.stopped && !codec.draining {
                     codec.draining = true;
                     codec.drain_left = queued;
                 }

@@ -1757,9 +1757,11 @@ where
     }
 
     fn streamoff(&mut self, s: &mut TestSession, t: QueueType) -> IoctlResult<()> {
-        s.queue_mut(t)?.stop();
+        let q = s.queue_mut(t)?;
+        let was_streaming = q.streaming;
+        q.stop();
         if self.is_decoder() {
-            self.decoder_streamoff(s, t);
+            self.decoder_streamoff(s, t, was_streaming);
             self.process(s);
         }
         Ok(())
