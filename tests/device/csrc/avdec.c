@@ -113,6 +113,8 @@ int avdec_parse(struct avdec *d, const uint8_t *buf, int len, int64_t pts, int *
 	int used;
 
 	*sent = 0;
+	if (!d->parser) /* avdec_reset could not make a new one */
+		return -ENOMEM;
 	used = av_parser_parse2(d->parser, d->ctx, &out, &out_size, buf, len, pts, pts, 0);
 	if (used < 0)
 		return -EIO;

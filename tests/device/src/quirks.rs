@@ -197,8 +197,10 @@ mod tests {
     use super::*;
 
     fn yu12_3planes() -> Vec<u8> {
-        let mut f: v4l2_format = Default::default();
-        f.type_ = bindings::v4l2_buf_type_V4L2_BUF_TYPE_VIDEO_CAPTURE_MPLANE;
+        let mut f = v4l2_format {
+            type_: bindings::v4l2_buf_type_V4L2_BUF_TYPE_VIDEO_CAPTURE_MPLANE,
+            ..Default::default()
+        };
         // SAFETY: MPLANE type, pix_mp member.
         let pix = unsafe { &mut f.fmt.pix_mp };
         pix.width = 640;
