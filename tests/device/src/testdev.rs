@@ -1806,6 +1806,10 @@ where
         s: &mut TestSession,
         cmd: bindings::v4l2_decoder_cmd,
     ) -> IoctlResult<bindings::v4l2_decoder_cmd> {
+        // Not a decoder: no decoder commands at all (ENOTTY, as for TRY_DECODER_CMD).
+        if s.codec.is_none() {
+            return Err(libc::ENOTTY);
+        }
         self.dec_cmd(s, &cmd)
     }
 
