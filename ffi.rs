@@ -862,12 +862,6 @@ static M2M_OPS: M2mOps = M2mOps(raw::v4l2_m2m_ops {
     job_abort: None,
 });
 
-/// `IS_ERR_OR_NULL` (include/linux/err.h: error pointers are the top `MAX_ERRNO` = 4095
-/// addresses) for a pointer returned by the kernel.
-fn is_err_or_null<T>(p: *mut T) -> bool {
-    p.is_null() || (p as usize) > usize::MAX - 4095
-}
-
 /// `vfl_devnode_direction` of a video node.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Direction {
@@ -1032,10 +1026,7 @@ fn register_media(
     };
     let function = i32::try_from(function).map_err(|_| EINVAL)?;
     // SAFETY: `M2M_OPS` is static and has `device_run`.
-    let m2m = unsafe { raw::v4l2_m2m_init(&M2M_OPS.0) };
-    if is_err_or_null(m2m) {
-        return Err(ENOMEM);
-    }
+    let m2m = kernel::error::from_err_ptr(unsafe { raw::v4l2_m2m_init(&M2M_OPS.0) })?;
     let mdev = node.mdev.get();
     // SAFETY: `m2m` was just created; the video device is registered (it has its minor).
     let ret = unsafe { raw::v4l2_m2m_register_media_controller(m2m, node.vdev.get(), function) };

@@ -1159,8 +1159,6 @@ impl Session {
         ret
     }
 
-    /// Remembers the plane sizes the device gave buffer `b` (with `planes`) in a successful
-    /// QUERYBUF/QBUF/PREPARE_BUF answer; sizes of 0 (not told) keep what was known.
     /// QBUF/PREPARE_BUF of an MMAP buffer: vb2 takes plane lengths from the buffer, not from
     /// the caller (who may leave them 0); so does the driver, with the sizes the device gave
     /// ([`Self::record_lengths`]), so that the device sees a consistent buffer.
@@ -1193,6 +1191,8 @@ impl Session {
         }
     }
 
+    /// Remembers the plane sizes the device gave buffer `b` (with `planes`) in a successful
+    /// QUERYBUF/QBUF/PREPARE_BUF answer; sizes of 0 (not told) keep what was known.
     fn record_lengths(&self, b: &[u8], planes: &[u8]) {
         let get = |off| protocol::get_u32(b, off).unwrap_or(u32::MAX);
         let Some(q) = protocol::queue_of(get(protocol::buf::TYPE)) else {
