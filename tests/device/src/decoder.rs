@@ -16,9 +16,9 @@
 //!   the next CAPTURE buffer is returned empty with `V4L2_BUF_FLAG_LAST` and nothing more is
 //!   decoded into that queue until it is stopped (STREAMOFF) and restarted; frames of the new
 //!   size wait in the device.
-//! - Drain: `V4L2_DEC_CMD_STOP` with both queues streaming decodes the OUTPUT buffers queued
-//!   so far, flushes the decoder, and flags the last frame `LAST` (or returns an empty `LAST`
-//!   buffer), then sends `V4L2_EVENT_EOS`. The decoder is then stopped until
+//! - Drain: `V4L2_DEC_CMD_STOP` with OUTPUT streaming decodes the OUTPUT buffers queued so
+//!   far, flushes the decoder, sends `V4L2_EVENT_EOS` and flags the last frame `LAST` (or
+//!   returns an empty `LAST` buffer). The decoder is then stopped until
 //!   `V4L2_DEC_CMD_START` or a STREAMON.
 //! - Seek: STREAMOFF of OUTPUT forgets all input and pending frames.
 //! - Back-pressure: at most [`MAX_PENDING`] decoded frames wait for CAPTURE buffers; OUTPUT
@@ -445,14 +445,17 @@ where
             cap.queued.pop_front();
             let seq = cap.sequence;
             cap.sequence = cap.sequence.wrapping_add(1);
+            // EOS goes out before the LAST buffer, so that it is pending by the time the
+            // buffer can be dequeued (v4l2-compliance checks for it right after the LAST
+            // buffer; sent after it, the event raced the client).
+            if eos && codec.sub_eos {
+                self.send_v4l2_event(id, EVENT_EOS, 0);
+            }
             Self::complete(&mut self.evt, id, cb, seq, error);
             progress = true;
             if eos {
                 codec.reset();
                 codec.stopped = true;
-                if codec.sub_eos {
-                    self.send_v4l2_event(id, EVENT_EOS, 0);
-                }
             }
         }
         progress
