@@ -4,6 +4,7 @@
 . "$(dirname "$0")/lib.sh"
 "$REPO/scripts/install-deps.sh"
 "$REPO/scripts/install-test-deps.sh"
+"$REPO/scripts/build-compliance.sh" >/dev/null
 "$REPO/scripts/build-tools.sh"
 "$REPO/scripts/build-kernel.sh" >/dev/null
 "$REPO/scripts/build-qemu.sh" >/dev/null
