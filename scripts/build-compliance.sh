@@ -65,8 +65,8 @@ Acquire::PDiffs "false";
 EOF
 # The machine's network settings for apt (proxies; a snapshot mirror's expired Release files
 # accepted) carry over: the same mirror, the same rules.
-apt-config dump | grep -E '^Acquire::(https?::Proxy|ftp::Proxy|Check-Valid-Until|Check-Date|Retries|ForceIPv[46])( |::)' \
-	>>"$D/etc/apt.conf" || true
+net='Acquire::(https?::Proxy|ftp::Proxy|Check-Valid-Until|Check-Date|Retries|ForceIPv[46])'
+apt-config dump | grep -E "^$net( |::)" >>"$D/etc/apt.conf" || true
 : >"$D/etc/apt.conf.d/.keep"
 export APT_CONFIG=$D/etc/apt.conf
 APT_OPTS=(-o "Dir::Etc::sourcelist=$D/etc/sources.list" -o Dir::Etc::sourceparts=-
@@ -97,7 +97,10 @@ done
 # Check it before it goes in place: every library it loads comes from the prefix, and it
 # reports the pinned version.
 T=$tmp/prefix
-run() { "$T/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" --library-path "$T/usr/lib/x86_64-linux-gnu:$T/lib/x86_64-linux-gnu" "$@"; }
+run() {
+	"$T/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" \
+		--library-path "$T/usr/lib/x86_64-linux-gnu:$T/lib/x86_64-linux-gnu" "$@"
+}
 libs=$(run --list "$T/usr/bin/v4l2-compliance") || die "v4l2-compliance does not link: $libs"
 if outside=$(printf '%s\n' "$libs" | grep '=>' | grep -v "=> $T/"); then
 	die "libraries from outside the prefix: $outside"
@@ -113,7 +116,9 @@ cat >"$T/v4l2-compliance" <<EOF
 #!/bin/sh
 # v4l2-compliance $V4L_UTILS_VER from Debian sid (scripts/build-compliance.sh), with its own libc.
 P=$PREFIX
-exec "\$P/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" --library-path "\$P/usr/lib/x86_64-linux-gnu:\$P/lib/x86_64-linux-gnu" "\$P/usr/bin/v4l2-compliance" "\$@"
+exec "\$P/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" \\
+	--library-path "\$P/usr/lib/x86_64-linux-gnu:\$P/lib/x86_64-linux-gnu" \\
+	"\$P/usr/bin/v4l2-compliance" "\$@"
 EOF
 chmod 755 "$T/v4l2-compliance"
 mv "$tmp/versions" "$T/versions"   # last: the wrapper + versions mean "done"
