@@ -101,9 +101,11 @@ make -C "$SRC/build" -j"$(nproc)" >"$QDIR/build.log" 2>&1 ||
 make -C "$SRC/build" install >>"$QDIR/build.log" 2>&1 ||
 	{ tail -40 "$QDIR/build.log" >&2; die "QEMU install failed (log: $QDIR/build.log)"; }
 
-# Sanity: the patched device is there and the firmware is found without -L.
+# Sanity: the patched devices are there and the firmware is found without -L.
 "$QEMU_BIN" -device help 2>/dev/null | grep -q '"vhost-user-device-pci"' ||
 	die "vhost-user-device-pci is not user-creatable in $QEMU_BIN"
+"$QEMU_BIN" -device help 2>/dev/null | grep -q '"vhost-user-media-pci"' ||
+	die "vhost-user-media-pci is missing in $QEMU_BIN"
 "$QEMU_BIN" -machine pc -accel tcg -display none -nic none -S -monitor none -serial none \
 	-daemonize -pidfile "$QDIR/smoke.pid" 2>"$QDIR/smoke.err" ||
 	{ cat "$QDIR/smoke.err" >&2; die "$QEMU_BIN does not start (firmware?)"; }
