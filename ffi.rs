@@ -34,6 +34,12 @@ use kernel::{
 )]
 pub(crate) mod raw {
     use kernel::ffi;
+    // The kernel's `rust/bindgen_parameters` blocklist these, so bindgen only refers to them;
+    // `rust/bindings/lib.rs` defines them the same way. Needed once a generated type uses
+    // one (the guest kernel configuration of issue 9 pulls in `struct iovec`).
+    type __kernel_size_t = usize;
+    type __kernel_ssize_t = isize;
+    type __kernel_ptrdiff_t = isize;
     include!("bindings_generated.rs");
 }
 
