@@ -483,10 +483,16 @@ impl Session {
         Ok(session)
     }
 
-    /// Closes the session (`VIRTIO_MEDIA_CMD_CLOSE`, sent once), after [`Self::begin_release`],
-    /// and unpins its USERPTR buffers once the device has closed it (or is gone); if the
-    /// device never answered, they stay pinned until it is reset.
+    /// Closes the session (`VIRTIO_MEDIA_CMD_CLOSE`, sent once): takes it out of the device's
+    /// session tree (if [`Self::begin_release`] has not already), then unpins its USERPTR
+    /// buffers once the device has closed it (or is gone); if the device never answered, they
+    /// stay pinned until it is reset.
+    ///
+    /// Every session [`Self::open`] registered must end here: the tree holds a reference to
+    /// the session and the session one to the device state, so a session left in the tree
+    /// would keep both alive after the device is removed.
     pub(crate) fn close(&self) {
+        self.unroute();
         let closed = send_close(&self.media, self.id);
         let mut slots = self.pinned.lock();
         for slot in slots.iter_mut() {
@@ -754,7 +760,24 @@ impl Session {
     /// `release()` begins: stop delivering to the file handle, and stop routing events here.
     pub(crate) fn begin_release(&self) {
         self.state.lock().fh_live = false;
-        let removed = self.media.sessions.lock().remove(&self.id);
+        self.unroute();
+    }
+
+    /// Takes the session out of the device's session tree (events for its id are dropped from
+    /// now on). Idempotent; the tree's reference is dropped outside the lock.
+    fn unroute(&self) {
+        let mut sessions = self.media.sessions.lock();
+        // The tree may hold another session under this id only if this one was never
+        // registered (`open` refused a reused id before inserting it): leave that one alone.
+        let ours = sessions
+            .get(&self.id)
+            .is_some_and(|s| core::ptr::eq(&**s, self));
+        let removed = if ours {
+            sessions.remove(&self.id)
+        } else {
+            None
+        };
+        drop(sessions);
         drop(removed);
     }
 
