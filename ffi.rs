@@ -1605,15 +1605,17 @@ unsafe extern "C" fn fwd_ext_ctrls<const NR: u8>(
         core::slice::from_raw_parts_mut(arg.cast::<u8>(), protocol::V4L2_EXT_CONTROLS_SIZE)
     };
     // SAFETY: As above.
-    let which = unsafe { (*arg).__bindgen_anon_1.which };
+    let (which, request_fd) = unsafe { ((*arg).__bindgen_anon_1.which, (*arg).request_fd) };
     let ret = session.ext_ctrls(NR, head, arr);
     // The pointer, and the fields the V4L2 core sized its copies by, go back to user space
-    // as the caller gave them, whatever the device wrote.
+    // as the caller gave them, whatever the device wrote; so does `request_fd`, which the
+    // device is not told (no Request API).
     // SAFETY: `head` is no longer used; `arg` is still the core's kernel copy.
     unsafe {
         (*arg).controls = saved;
         (*arg).count = count as u32;
         (*arg).__bindgen_anon_1.which = which;
+        (*arg).request_fd = request_fd;
     }
     to_c(ret)
 }

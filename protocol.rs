@@ -955,6 +955,165 @@ pub fn sanitize_response(nr: u8, payload: &mut [u8]) -> bool {
     changed
 }
 
+/// `EINVAL`, the errno of a request the driver refuses as malformed or unsupported.
+pub const EINVAL: u32 = 22;
+/// `EBADR`, what V4L2 answers for a request (`V4L2_BUF_FLAG_REQUEST_FD`, a request's control
+/// values) on a node without the Request API (vb2's `vb2_queue_or_prepare_buf`,
+/// `media_request_get_by_fd`).
+pub const EBADR: u32 = 53;
+
+/// `V4L2_BUF_CAP_*` bits the driver implements, the only ones REQBUFS/CREATE_BUFS report
+/// (whatever the device claims): MMAP and USERPTR memory, orphaned buffers (the device keeps
+/// a mapped buffer until MUNMAP) and `max_num_buffers` (a field the device fills in).
+/// DMABUF memory, the Request API (`SUPPORTS_REQUESTS`, `SUPPORTS_M2M_HOLD_CAPTURE_BUF`),
+/// cache hints (`SUPPORTS_MMAP_CACHE_HINTS`) and `VIDIOC_REMOVE_BUFS` are not implemented.
+pub const BUF_CAPS_SUPPORTED: u32 =
+    bufcap::MMAP | bufcap::USERPTR | bufcap::ORPHANED_BUFS | bufcap::MAX_NUM_BUFFERS;
+
+/// `V4L2_BUF_CAP_SUPPORTS_*` (videodev2.h).
+pub mod bufcap {
+    /// `V4L2_BUF_CAP_SUPPORTS_MMAP`.
+    pub const MMAP: u32 = 1 << 0;
+    /// `V4L2_BUF_CAP_SUPPORTS_USERPTR`.
+    pub const USERPTR: u32 = 1 << 1;
+    /// `V4L2_BUF_CAP_SUPPORTS_DMABUF`.
+    pub const DMABUF: u32 = 1 << 2;
+    /// `V4L2_BUF_CAP_SUPPORTS_REQUESTS`.
+    pub const REQUESTS: u32 = 1 << 3;
+    /// `V4L2_BUF_CAP_SUPPORTS_ORPHANED_BUFS`.
+    pub const ORPHANED_BUFS: u32 = 1 << 4;
+    /// `V4L2_BUF_CAP_SUPPORTS_M2M_HOLD_CAPTURE_BUF`.
+    pub const M2M_HOLD_CAPTURE_BUF: u32 = 1 << 5;
+    /// `V4L2_BUF_CAP_SUPPORTS_MMAP_CACHE_HINTS`.
+    pub const MMAP_CACHE_HINTS: u32 = 1 << 6;
+    /// `V4L2_BUF_CAP_SUPPORTS_MAX_NUM_BUFFERS`.
+    pub const MAX_NUM_BUFFERS: u32 = 1 << 7;
+    /// `V4L2_BUF_CAP_SUPPORTS_REMOVE_BUFS`.
+    pub const REMOVE_BUFS: u32 = 1 << 8;
+}
+
+/// Offsets in `struct v4l2_requestbuffers` (20 bytes) and `struct v4l2_create_buffers` (256
+/// bytes; its `format` is 8-byte aligned, at 16).
+pub mod bufreq {
+    /// `v4l2_requestbuffers.memory`.
+    pub const MEMORY: usize = 8;
+    /// `v4l2_requestbuffers.capabilities`.
+    pub const CAPABILITIES: usize = 12;
+    /// `v4l2_requestbuffers.flags` (one byte: `V4L2_MEMORY_FLAG_NON_COHERENT`).
+    pub const FLAGS: usize = 16;
+    /// `v4l2_create_buffers.memory`.
+    pub const CREATE_MEMORY: usize = 8;
+    /// `v4l2_create_buffers.capabilities`.
+    pub const CREATE_CAPABILITIES: usize = 224;
+    /// `v4l2_create_buffers.flags` (`__u32`).
+    pub const CREATE_FLAGS: usize = 228;
+}
+
+/// Offsets in `struct v4l2_ext_controls` (32 bytes).
+pub mod ext_ctrls {
+    /// `which` (or the old `ctrl_class`).
+    pub const WHICH: usize = 0;
+    /// `request_fd`, meaningful only with [`WHICH_REQUEST_VAL`].
+    pub const REQUEST_FD: usize = 12;
+    /// `V4L2_CTRL_WHICH_REQUEST_VAL`: the control values of a request.
+    pub const WHICH_REQUEST_VAL: u32 = 0x0f01_0000;
+}
+
+/// Checks and cleans up, in the guest, the argument `payload` of ioctl `nr` (the main struct
+/// as the V4L2 core copied it in) before it goes to the device: what the driver does not
+/// implement is refused with the errno V4L2 gives for it, and fields that only mean something
+/// with such a feature are cleared, so the device never sees a guest file descriptor.
+///
+/// * `REQBUFS`/`CREATE_BUFS`: memory other than MMAP/USERPTR (DMABUF, not implemented; or
+///   unknown) is `EINVAL`, as vb2 answers for memory a queue does not support; the cache-hint
+///   flag is cleared (no `SUPPORTS_MMAP_CACHE_HINTS`).
+/// * `QBUF`/`PREPARE_BUF` with `V4L2_BUF_FLAG_REQUEST_FD`: `EBADR` / `EINVAL` (vb2 on a queue
+///   without requests); `request_fd` is cleared for every buffer ioctl.
+/// * `G/S/TRY_EXT_CTRLS`: `request_fd` is cleared. `V4L2_CTRL_WHICH_REQUEST_VAL` is `EINVAL`
+///   (the control framework's answer without a request to name); the 6.12 V4L2 core already
+///   refuses it before the driver (`check_ext_ctrls`), this keeps it from the device whatever
+///   the core does.
+///
+/// (`S_FBUF`'s `base` needs nothing here: the V4L2 core sets it to NULL before the driver
+/// sees it, `v4l_s_fbuf`.)
+///
+/// Returns the errno of a refusal.
+pub fn check_request(nr: u8, payload: &mut [u8]) -> Result<(), u32> {
+    let memory_ok = |m: Option<u32>| matches!(m, Some(MEMORY_MMAP) | Some(MEMORY_USERPTR));
+    match nr {
+        nr::REQBUFS => {
+            if !memory_ok(get_u32(payload, bufreq::MEMORY)) {
+                return Err(EINVAL);
+            }
+            if let Some(f) = payload.get_mut(bufreq::FLAGS) {
+                *f = 0;
+            }
+        }
+        nr::CREATE_BUFS => {
+            if !memory_ok(get_u32(payload, bufreq::CREATE_MEMORY)) {
+                return Err(EINVAL);
+            }
+            let _ = put_u32(payload, bufreq::CREATE_FLAGS, 0);
+        }
+        nr::QBUF | nr::PREPARE_BUF | nr::QUERYBUF => {
+            let flags = get_u32(payload, buf::FLAGS).ok_or(EINVAL)?;
+            if nr != nr::QUERYBUF && flags & buf::FLAG_REQUEST_FD != 0 {
+                return Err(if nr == nr::QBUF { EBADR } else { EINVAL });
+            }
+            put_u32(payload, buf::REQUEST_FD, 0).ok_or(EINVAL)?;
+        }
+        nr::G_EXT_CTRLS | nr::S_EXT_CTRLS | nr::TRY_EXT_CTRLS => {
+            let which = get_u32(payload, ext_ctrls::WHICH).ok_or(EINVAL)?;
+            if which == ext_ctrls::WHICH_REQUEST_VAL {
+                return Err(EINVAL);
+            }
+            put_u32(payload, ext_ctrls::REQUEST_FD, 0).ok_or(EINVAL)?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Cleans up a successful answer `payload` of ioctl `nr` (its main struct) so that user space
+/// is told only of what the driver implements: REQBUFS/CREATE_BUFS report only
+/// [`BUF_CAPS_SUPPORTED`] and no cache-hint flag, and a `v4l2_buffer` (QBUF, QUERYBUF,
+/// PREPARE_BUF) is never part of a request. Not a repair of a faulty device (a device may
+/// honestly support more than this driver), so the caller does not warn.
+pub fn mask_answer(nr: u8, payload: &mut [u8]) {
+    match nr {
+        nr::REQBUFS => {
+            if let Some(c) = get_u32(payload, bufreq::CAPABILITIES) {
+                let _ = put_u32(payload, bufreq::CAPABILITIES, c & BUF_CAPS_SUPPORTED);
+            }
+            if let Some(f) = payload.get_mut(bufreq::FLAGS) {
+                *f = 0;
+            }
+        }
+        nr::CREATE_BUFS => {
+            if let Some(c) = get_u32(payload, bufreq::CREATE_CAPABILITIES) {
+                let _ = put_u32(payload, bufreq::CREATE_CAPABILITIES, c & BUF_CAPS_SUPPORTED);
+            }
+            let _ = put_u32(payload, bufreq::CREATE_FLAGS, 0);
+        }
+        nr::QBUF | nr::QUERYBUF | nr::PREPARE_BUF => mask_buffer(payload),
+        _ => {}
+    }
+}
+
+/// Clears what would tie the `v4l2_buffer` `b` (88 bytes) the device describes to a request
+/// (`V4L2_BUF_FLAG_REQUEST_FD`, `V4L2_BUF_FLAG_IN_REQUEST`, `request_fd`): the driver has no
+/// Request API, and a file descriptor number from the device means nothing in the guest.
+pub fn mask_buffer(b: &mut [u8]) {
+    if let Some(f) = get_u32(b, buf::FLAGS) {
+        let _ = put_u32(
+            b,
+            buf::FLAGS,
+            f & !(buf::FLAG_REQUEST_FD | buf::FLAG_IN_REQUEST),
+        );
+    }
+    let _ = put_u32(b, buf::REQUEST_FD, 0);
+}
+
 /// Validates the response to [`CMD_MMAP`]: `Ok(Ok((shm_offset, len)))` or `Ok(Err(errno))`.
 pub fn check_mmap_resp(
     resp: &[u8],
@@ -994,6 +1153,12 @@ pub mod buf {
     pub const SIZE: usize = super::V4L2_BUFFER_SIZE;
     /// `V4L2_BUF_FLAG_LAST`: the last buffer of a stream (codecs, after a drain).
     pub const FLAG_LAST: u32 = 0x0010_0000;
+    /// `V4L2_BUF_FLAG_IN_REQUEST`: the buffer is queued in a request.
+    pub const FLAG_IN_REQUEST: u32 = 0x0000_0080;
+    /// `V4L2_BUF_FLAG_REQUEST_FD`: `request_fd` names the request to queue the buffer in.
+    pub const FLAG_REQUEST_FD: u32 = 0x0080_0000;
+    /// `__s32 request_fd` (a union with `reserved`).
+    pub const REQUEST_FD: usize = 80;
 }
 
 /// Offsets in `struct v4l2_plane` (64 bytes).

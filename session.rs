@@ -209,6 +209,11 @@ fn etimedout() -> Error {
     Error::from_errno(-110)
 }
 
+/// [`protocol::check_request`] as an [`Error`].
+fn check_request(nr: u8, payload: &mut [u8]) -> Result {
+    protocol::check_request(nr, payload).map_err(|errno| Error::from_errno(-(errno as i32)))
+}
+
 /// Maps a positive device errno to an [`Error`] (non-errno values were rejected already).
 pub(crate) fn device_error(errno: u32) -> Error {
     Error::from_errno(-(protocol::device_errno(errno) as i32))
@@ -961,10 +966,17 @@ impl Session {
     /// Sends ioctl `nr` whose payload is the concatenation of `parts` (the main struct, then
     /// any array the protocol appends), and writes the device's payload back into `parts`.
     ///
+    /// What the driver does not implement is refused before the device sees it
+    /// ([`protocol::check_request`]), and answers report only what it does
+    /// ([`protocol::mask_answer`]).
+    ///
     /// Errors: `ENOTTY` for an ioctl the protocol does not carry, `EINVAL` if the parts'
-    /// total size does not fit, the device's errno, `EIO` for a malformed response, and those
-    /// of [`VirtioMedia::send`].
+    /// total size does not fit, those of [`protocol::check_request`], the device's errno,
+    /// `EIO` for a malformed response, and those of [`VirtioMedia::send`].
     pub(crate) fn ioctl(&self, nr: u8, parts: &mut [&mut [u8]]) -> Result {
+        if let Some(main) = parts.first_mut() {
+            check_request(nr, main)?;
+        }
         let required = parts.iter().map(|p| p.len()).sum::<usize>();
         self.ioctl_min(nr, parts, required)
     }
@@ -1057,6 +1069,7 @@ impl Session {
                     if protocol::sanitize_response(nr, main) {
                         dev_warn_rl!(self.media.dev(), "repaired ioctl {} payload", nr);
                     }
+                    protocol::mask_answer(nr, main);
                 }
                 if let Some(main) = parts.first() {
                     self.after_ioctl(nr, main);
@@ -1078,10 +1091,12 @@ impl Session {
     /// REQBUFS) or the session is closed, or at once dropped if the device refuses it.
     ///
     /// Errors: `EINVAL` for DMABUF memory (not supported yet) and bad USERPTR buffers,
+    /// `EBADR`/`EINVAL` for a buffer of a request (no Request API, [`protocol::check_request`]),
     /// `EFAULT` for USERPTR memory that cannot be pinned (see [`UserPages::pin`]), and those
     /// of [`Self::ioctl`].
     pub(crate) fn buf_ioctl(&self, nr: u8, b: &mut [u8], planes: &mut [u8]) -> Result {
         use protocol::{buf, plane};
+        check_request(nr, b)?;
         let memory = protocol::get_u32(b, buf::MEMORY).ok_or(EINVAL)?;
         let userptr = memory == protocol::MEMORY_USERPTR;
         if memory != protocol::MEMORY_MMAP && !userptr && nr != protocol::nr::QUERYBUF {
@@ -1243,10 +1258,12 @@ impl Session {
     /// `ptr` values come back unchanged. Pins of a command that times out or is interrupted
     /// stay until the device is reset (it may still write them).
     ///
-    /// Errors: `EFAULT`/`EINVAL` for payloads that cannot be pinned (see [`UserPages::pin`])
-    /// or need more than [`protocol::MAX_SG_ENTRIES`] entries, and those of [`Self::ioctl`].
+    /// Errors: `EINVAL` for the values of a request (`V4L2_CTRL_WHICH_REQUEST_VAL`: no Request
+    /// API), `EFAULT`/`EINVAL` for payloads that cannot be pinned (see [`UserPages::pin`]) or
+    /// need more than [`protocol::MAX_SG_ENTRIES`] entries, and those of [`Self::ioctl`].
     pub(crate) fn ext_ctrls(&self, nr: u8, head: &mut [u8], controls: &mut [u8]) -> Result {
         use protocol::ext_ctrl;
+        check_request(nr, head)?;
         let size = protocol::V4L2_EXT_CONTROL_SIZE;
         // The device writes G/TRY payloads; S payloads are only read.
         let write = nr != protocol::nr::S_EXT_CTRLS;
@@ -1263,7 +1280,8 @@ impl Session {
             pins.push(pages, GFP_KERNEL)?;
         }
         if pins.is_empty() {
-            return self.ioctl(nr, &mut [head, controls]);
+            let required = head.len() + controls.len();
+            return self.ioctl_min(nr, &mut [head, controls], required);
         }
         // The user pointers of the payload controls, to restore after the device's answer.
         let mut ptrs = KVec::with_capacity(controls.len() / size, GFP_KERNEL)?;
@@ -1351,6 +1369,7 @@ fn copy_done(d: &DoneBuf, b: &mut [u8], planes: &mut [u8], n: usize) {
     let mut saved_m = [0u8; 8];
     saved_m.copy_from_slice(&b[m..m + 8]);
     b.copy_from_slice(&d.0[..protocol::buf::SIZE]);
+    protocol::mask_buffer(b);
     let multi = protocol::get_u32(b, protocol::buf::TYPE)
         .map(protocol::buf_type_is_multiplanar)
         .unwrap_or(false);

@@ -231,3 +231,71 @@ fn dqbuf_lengths_must_match_the_buffer() {
     // Unknown sizes (0) are not checked.
     assert_eq!(check_dqbuf_lengths(&e, &[0; 8]), Ok(()));
 }
+
+#[test]
+fn unsupported_features_are_refused_and_masked() {
+    // REQBUFS: DMABUF (4) and unknown memory are EINVAL; the cache-hint flag is cleared.
+    let mut rb = [0u8; 20];
+    rb[8..12].copy_from_slice(&4u32.to_le_bytes());
+    assert_eq!(check_request(nr::REQBUFS, &mut rb), Err(EINVAL));
+    rb[8..12].copy_from_slice(&7u32.to_le_bytes());
+    assert_eq!(check_request(nr::REQBUFS, &mut rb), Err(EINVAL));
+    rb[8..12].copy_from_slice(&MEMORY_MMAP.to_le_bytes());
+    rb[16] = 1;
+    assert_eq!(check_request(nr::REQBUFS, &mut rb), Ok(()));
+    assert_eq!(rb[16], 0);
+    // Answers report only what the driver implements.
+    rb[12..16].copy_from_slice(&0x1ffu32.to_le_bytes());
+    rb[16] = 1;
+    mask_answer(nr::REQBUFS, &mut rb);
+    assert_eq!(get_u32(&rb, 12), Some(BUF_CAPS_SUPPORTED));
+    assert_eq!(BUF_CAPS_SUPPORTED, 0x93);
+    assert_eq!(rb[16], 0);
+    let mut cb = [0u8; 256];
+    cb[8..12].copy_from_slice(&MEMORY_USERPTR.to_le_bytes());
+    cb[228..232].copy_from_slice(&1u32.to_le_bytes());
+    assert_eq!(check_request(nr::CREATE_BUFS, &mut cb), Ok(()));
+    assert_eq!(get_u32(&cb, 228), Some(0));
+    cb[224..228].copy_from_slice(&(bufcap::DMABUF | bufcap::USERPTR).to_le_bytes());
+    mask_answer(nr::CREATE_BUFS, &mut cb);
+    assert_eq!(get_u32(&cb, 224), Some(bufcap::USERPTR));
+    cb[8..12].copy_from_slice(&4u32.to_le_bytes());
+    assert_eq!(check_request(nr::CREATE_BUFS, &mut cb), Err(EINVAL));
+
+    // Buffers of a request: EBADR (QBUF), EINVAL (PREPARE_BUF); QUERYBUF ignores input flags.
+    // request_fd never goes to the device.
+    let mut b = [0u8; 88];
+    b[12..16].copy_from_slice(&buf::FLAG_REQUEST_FD.to_le_bytes());
+    b[80..84].copy_from_slice(&5u32.to_le_bytes());
+    assert_eq!(check_request(nr::QBUF, &mut b), Err(EBADR));
+    assert_eq!(check_request(nr::PREPARE_BUF, &mut b), Err(EINVAL));
+    assert_eq!(check_request(nr::QUERYBUF, &mut b), Ok(()));
+    assert_eq!(get_u32(&b, 80), Some(0));
+    b[12..16].copy_from_slice(&0u32.to_le_bytes());
+    b[80..84].copy_from_slice(&9u32.to_le_bytes());
+    assert_eq!(check_request(nr::QBUF, &mut b), Ok(()));
+    assert_eq!(get_u32(&b, 80), Some(0));
+    // Answers: no request flags, no request fd; other flags kept.
+    let flags = buf::FLAG_REQUEST_FD | buf::FLAG_IN_REQUEST | buf::FLAG_LAST | 1;
+    b[12..16].copy_from_slice(&flags.to_le_bytes());
+    b[80..84].copy_from_slice(&7u32.to_le_bytes());
+    mask_answer(nr::QBUF, &mut b);
+    assert_eq!(get_u32(&b, 12), Some(buf::FLAG_LAST | 1));
+    assert_eq!(get_u32(&b, 80), Some(0));
+
+    // Ext controls: REQUEST_VAL is EINVAL; request_fd is cleared otherwise.
+    let mut ec = [0u8; 32];
+    ec[0..4].copy_from_slice(&ext_ctrls::WHICH_REQUEST_VAL.to_le_bytes());
+    assert_eq!(check_request(nr::G_EXT_CTRLS, &mut ec), Err(EINVAL));
+    assert_eq!(check_request(nr::S_EXT_CTRLS, &mut ec), Err(EINVAL));
+    ec[0..4].copy_from_slice(&0u32.to_le_bytes());
+    ec[12..16].copy_from_slice(&4u32.to_le_bytes());
+    assert_eq!(check_request(nr::TRY_EXT_CTRLS, &mut ec), Ok(()));
+    assert_eq!(get_u32(&ec, 12), Some(0));
+
+    // Everything else passes untouched.
+    let mut fmt = [0xffu8; 208];
+    assert_eq!(check_request(nr::G_FMT, &mut fmt), Ok(()));
+    mask_answer(nr::G_FMT, &mut fmt);
+    assert!(fmt.iter().all(|&x| x == 0xff));
+}
