@@ -76,7 +76,26 @@ pub enum Fault {
     MmapOutside,
     /// MMAP answers, for every buffer, the address of the first buffer mapped.
     MmapOverlap,
+    /// The device claims what the driver does not implement, and reports what reaches it of
+    /// that: REQBUFS/CREATE_BUFS successes claim every `V4L2_BUF_CAP_*` bit ([`ALL_BUF_CAPS`]:
+    /// DMABUF, requests, cache hints, REMOVE_BUFS, ...) and the cache-hint flag; QBUF,
+    /// QUERYBUF and PREPARE_BUF answers and DQBUF events put their buffer in request
+    /// [`CLAIMED_REQUEST_FD`] (`V4L2_BUF_FLAG_REQUEST_FD | V4L2_BUF_FLAG_IN_REQUEST`). Every
+    /// command that reaches the device with a request (`V4L2_BUF_FLAG_REQUEST_FD`, a non-zero
+    /// `request_fd`, `V4L2_CTRL_WHICH_REQUEST_VAL`) or an S_FBUF `base` address is logged
+    /// (`fault: ... carried ...`); the device then handles it as usual.
+    ClaimsUnsupported,
 }
+
+/// `V4L2_BUF_CAP_SUPPORTS_*` bits 0..8 (MMAP ... REMOVE_BUFS): what [`Fault::ClaimsUnsupported`]
+/// claims in REQBUFS/CREATE_BUFS answers.
+pub const ALL_BUF_CAPS: u32 = 0x1ff;
+/// The request fd [`Fault::ClaimsUnsupported`] puts buffers in.
+pub const CLAIMED_REQUEST_FD: u32 = 7;
+/// `V4L2_BUF_FLAG_IN_REQUEST | V4L2_BUF_FLAG_REQUEST_FD`.
+const BUF_FLAGS_REQUEST: u32 = 0x80 | 0x0080_0000;
+/// `V4L2_CTRL_WHICH_REQUEST_VAL`.
+const WHICH_REQUEST_VAL: u32 = 0x0f01_0000;
 
 /// Every fault: name on the command line, value, one-line summary.
 pub const FAULTS: &[(&str, Fault, &str)] = &[
@@ -160,6 +179,11 @@ pub const FAULTS: &[(&str, Fault, &str)] = &[
         "mmap-overlap",
         Fault::MmapOverlap,
         "MMAP answers the first buffer's address for all",
+    ),
+    (
+        "claims-unsupported",
+        Fault::ClaimsUnsupported,
+        "claims DMABUF/requests/REMOVE_BUFS, logs request fds and S_FBUF base it is sent",
     ),
 ];
 
@@ -302,6 +326,7 @@ pub fn on_response(cmd: &[u8], resp: &mut Vec<u8>) -> Verdict {
                 _ => {}
             }
         }
+        (Some(3), Fault::ClaimsUnsupported) => claims_unsupported(cmd, resp, ok),
         (Some(4), Fault::MmapOutside) if ok => {
             let addr = SHM_SIZE - 4096;
             info!(
@@ -324,6 +349,55 @@ pub fn on_response(cmd: &[u8], resp: &mut Vec<u8>) -> Verdict {
     answer
 }
 
+/// [`Fault::ClaimsUnsupported`] for an IOCTL command `cmd` (header 16 bytes, then the
+/// payload) and its response `resp` (header 8 bytes, then the payload), `ok` if a success.
+fn claims_unsupported(cmd: &[u8], resp: &mut [u8], ok: bool) {
+    const P: usize = 16;
+    const R: usize = 8;
+    let s = word(cmd, 8).unwrap_or(u32::MAX);
+    let code = word(cmd, 12).unwrap_or(u32::MAX);
+    match code {
+        // QUERYBUF, QBUF, PREPARE_BUF: v4l2_buffer flags @12, request_fd @80.
+        9 | 15 | 93 => {
+            let flags = word(cmd, P + 12).unwrap_or(0);
+            let fd = word(cmd, P + 80).unwrap_or(0);
+            if flags & 0x0080_0000 != 0 || fd != 0 {
+                info!("fault: session {s} ioctl {code} carried request_fd {fd} (flags {flags:#x})");
+            }
+            if ok {
+                let f = word(resp, R + 12).unwrap_or(0);
+                put(resp, R + 12, f | BUF_FLAGS_REQUEST);
+                put(resp, R + 80, CLAIMED_REQUEST_FD);
+            }
+        }
+        // G/S/TRY_EXT_CTRLS: v4l2_ext_controls which @0, request_fd @12.
+        71..=73 => {
+            let which = word(cmd, P).unwrap_or(0);
+            let fd = word(cmd, P + 12).unwrap_or(0);
+            if which == WHICH_REQUEST_VAL || fd != 0 {
+                info!("fault: session {s} ioctl {code} carried request_fd {fd} (which {which:#x})");
+            }
+        }
+        // S_FBUF: v4l2_framebuffer base @8.
+        11 => {
+            let base = read64(cmd, P + 8);
+            if base != 0 {
+                info!("fault: session {s} S_FBUF carried base {base:#x}");
+            }
+        }
+        // REQBUFS: capabilities @12, flags (u8) @16; CREATE_BUFS: @224, @228.
+        8 | 92 if ok => {
+            let (caps, flags) = if code == 8 { (12, 16) } else { (224, 228) };
+            put(resp, R + caps, ALL_BUF_CAPS);
+            if let Some(f) = resp.get_mut(R + flags) {
+                *f = 1;
+            }
+            info!("fault: session {s} ioctl {code} claims capabilities {ALL_BUF_CAPS:#x}");
+        }
+        _ => {}
+    }
+}
+
 fn read64(b: &[u8], off: usize) -> u64 {
     b.get(off..off + 8)
         .map(|w| u64::from_le_bytes(w.try_into().unwrap_or([0; 8])))
@@ -340,6 +414,14 @@ pub fn on_event(ev: Vec<u8>) -> Vec<Vec<u8>> {
         return vec![ev];
     }
     let session = word(&ev, 4).unwrap_or(0);
+    if fault == Fault::ClaimsUnsupported {
+        let mut ev = ev;
+        let f = word(&ev, BUF + 12).unwrap_or(0);
+        put(&mut ev, BUF + 12, f | BUF_FLAGS_REQUEST);
+        put(&mut ev, BUF + 80, CLAIMED_REQUEST_FD);
+        info!("fault: session {session}'s DQBUF event in request {CLAIMED_REQUEST_FD}");
+        return vec![ev];
+    }
     let variant = |f: &dyn Fn(&mut Vec<u8>)| {
         let mut c = ev.clone();
         f(&mut c);
