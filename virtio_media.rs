@@ -14,6 +14,8 @@
 // default 128 levels of macro expansion.
 #![recursion_limit = "256"]
 
+use core::sync::atomic::{AtomicBool, Ordering};
+
 use kernel::{
     c_str,
     prelude::*,
@@ -77,6 +79,23 @@ unsafe impl Chain for EventBuf {
     }
 }
 
+/// The eventq and the buffers a failed repost left out of it.
+pub(crate) struct EventQueue {
+    /// `None` once removed.
+    vq: Option<ffi::EventVq>,
+    /// Buffers the device gave back that could not be posted again (`virtqueue_add_inbuf`
+    /// failed): kept, not freed, and posted again by a later bottom-half run. There are
+    /// only [`NUM_EVENT_BUFS`] buffers, so a slot is always free for one.
+    unposted: [Option<KBox<EventBuf>>; NUM_EVENT_BUFS],
+}
+
+impl EventQueue {
+    /// How many buffers are held back.
+    fn unposted(&self) -> usize {
+        self.unposted.iter().flatten().count()
+    }
+}
+
 /// The commandq and whether the device is still there.
 pub(crate) struct CommandQueue {
     /// `None` once the device was removed: every later command fails with `ENODEV`.
@@ -95,9 +114,13 @@ pub(crate) struct VirtioMedia {
     /// Signalled when commandq descriptors are freed, for senders that found the ring full.
     #[pin]
     pub(crate) commandq_space: CondVar,
-    /// The eventq; `None` once removed.
+    /// The eventq.
     #[pin]
-    eventq: IrqSpinLock<Option<ffi::EventVq>>,
+    eventq: IrqSpinLock<EventQueue>,
+    /// Some eventq buffer is held back after a failed repost: every command completion then
+    /// schedules the bottom half, which tries again (with no buffer posted, no event would
+    /// ever run it).
+    events_unposted: AtomicBool,
     /// The eventq bottom half.
     #[pin]
     pub(crate) event_work: BhWork,
@@ -222,13 +245,31 @@ impl VirtioMedia {
         if freed {
             self.commandq_space.notify_all();
         }
+        if self.events_unposted.load(Ordering::Relaxed) {
+            self.event_work.queue();
+        }
     }
 
-    /// Eventq bottom half: validates and routes each event, then reposts its buffer.
+    /// Eventq bottom half: posts again the buffers an earlier run could not, then validates
+    /// and routes each event and reposts its buffer. A buffer whose repost fails is kept in
+    /// [`EventQueue::unposted`] for the next run (a rate-limited warning counts them).
     pub(crate) fn drain_events(&self) {
         let mut q = self.eventq.lock();
-        let Some(vq) = q.as_mut() else { return };
+        let EventQueue { vq, unposted } = &mut *q;
+        let Some(vq) = vq.as_mut() else { return };
         let mut reposted = false;
+        let mut failed = None;
+        for slot in unposted.iter_mut() {
+            if let Some(ev) = slot.take() {
+                match vq.add(ev) {
+                    Ok(()) => reposted = true,
+                    Err((e, ev)) => {
+                        *slot = Some(ev);
+                        failed = Some(e);
+                    }
+                }
+            }
+        }
         let mut budget = EVENT_BUDGET;
         loop {
             vq.disable_cb();
@@ -236,16 +277,22 @@ impl VirtioMedia {
                 budget -= 1;
                 self.handle_event(ev.buf[0].bytes_mut(), used as usize);
                 ev.buf[0].bytes_mut().fill(0);
-                if let Err((e, _lost)) = vq.add(ev) {
-                    dev_warn_rl!(self.dev(), "cannot repost an event buffer: {:?}", e);
-                } else {
-                    reposted = true;
+                match vq.add(ev) {
+                    Ok(()) => reposted = true,
+                    Err((e, ev)) => {
+                        failed = Some(e);
+                        // Always found: there are only NUM_EVENT_BUFS buffers.
+                        if let Some(slot) = unposted.iter_mut().find(|s| s.is_none()) {
+                            *slot = Some(ev);
+                        }
+                    }
                 }
                 if budget == 0 {
                     // A flooding device must not keep this CPU in softirq: come back later
                     // (callbacks stay disabled meanwhile).
                     vq.kick();
                     self.event_work.queue();
+                    self.note_unposted(&q, failed);
                     return;
                 }
             }
@@ -255,6 +302,23 @@ impl VirtioMedia {
         }
         if reposted {
             vq.kick();
+        }
+        self.note_unposted(&q, failed);
+    }
+
+    /// Records (for [`Self::commandq_done`]) whether eventq buffers are held back, and warns
+    /// with their count if a repost failed with `failed`.
+    fn note_unposted(&self, q: &EventQueue, failed: Option<Error>) {
+        let held = q.unposted();
+        self.events_unposted.store(held > 0, Ordering::Relaxed);
+        if let Some(e) = failed {
+            dev_warn_rl!(
+                self.dev(),
+                "cannot repost eventq buffers ({:?}): {} of {} held back, retried later",
+                e,
+                held,
+                NUM_EVENT_BUFS
+            );
         }
     }
 
@@ -296,7 +360,7 @@ impl VirtioMedia {
             bufs.push(ev, GFP_KERNEL)?;
         }
         let mut q = self.eventq.lock();
-        let Some(vq) = q.as_mut() else {
+        let Some(vq) = q.vq.as_mut() else {
             return Err(ENODEV);
         };
         for ev in bufs {
@@ -320,9 +384,14 @@ impl VirtioMedia {
         drop(q);
         self.commandq_space.notify_all();
         let mut q = self.eventq.lock();
-        if let Some(mut vq) = q.take() {
+        if let Some(mut vq) = q.vq.take() {
             while vq.detach_unused().is_some() {}
         }
+        for slot in q.unposted.iter_mut() {
+            drop(slot.take());
+        }
+        drop(q);
+        self.events_unposted.store(false, Ordering::Relaxed);
     }
 }
 
@@ -520,7 +589,11 @@ pub(crate) fn probe(vdev: &VirtioDevice) -> Result {
             node <- VideoNode::new(),
             commandq <- new_irq_spinlock!(CommandQueue { vq: None }, "virtio_media:commandq"),
             commandq_space <- kernel::new_condvar!("virtio_media:commandq_space"),
-            eventq <- new_irq_spinlock!(None, "virtio_media:eventq"),
+            eventq <- new_irq_spinlock!(
+                EventQueue { vq: None, unposted: Default::default() },
+                "virtio_media:eventq"
+            ),
+            events_unposted: AtomicBool::new(false),
             event_work <- BhWork::new(),
             sessions <- new_irq_spinlock!(RBTree::new(), "virtio_media:sessions"),
             dev: ffi::DevHold::new(dev),
@@ -549,7 +622,7 @@ pub(crate) fn probe(vdev: &VirtioDevice) -> Result {
         }
     };
     media.commandq.lock().vq = Some(cmdq);
-    *media.eventq.lock() = Some(evq);
+    media.eventq.lock().vq = Some(evq);
     vdev.ready();
 
     let fail = |e: Error| {
