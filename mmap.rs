@@ -15,7 +15,7 @@ use kernel::{prelude::*, sync::Arc};
 
 use crate::ffi::{dev_warn_rl, DmaBuf};
 use crate::protocol::{self, Command};
-use crate::session::Session;
+use crate::session::{etimedout, Session};
 use crate::VirtioMedia;
 
 /// One device mapping of a buffer in SHM region 0.
@@ -38,8 +38,10 @@ impl Mapping {
     /// `size` bytes, writable if `writable`.
     ///
     /// Errors: `ENODEV` without SHM region 0 (with a message), `EINVAL` for an offset that
-    /// does not fit the protocol's 32 bits or a VMA larger than the buffer, the device's
-    /// errno, `EIO` for an answer outside the region or not page-aligned.
+    /// does not fit the protocol's 32 bits or a VMA larger than the buffer, `ETIMEDOUT` at
+    /// once while the device has an earlier MMAP/MUNMAP unanswered
+    /// ([`VirtioMedia::mmap_stalled`]), the device's errno, `EIO` for an answer outside the
+    /// region or not page-aligned, and those of [`VirtioMedia::send`].
     pub(crate) fn new(
         session: &Session,
         offset: u64,
@@ -55,6 +57,9 @@ impl Mapping {
             return Err(ENODEV);
         };
         let offset = u32::try_from(offset).map_err(|_| EINVAL)?;
+        if media.mmap_stalled() {
+            return Err(etimedout());
+        }
         let cmd = protocol::CmdMmap {
             hdr: protocol::CmdHeader::new(protocol::CMD_MMAP),
             session_id: protocol::Le32::new(session.id()),
@@ -66,7 +71,11 @@ impl Mapping {
         let resp_len = core::mem::size_of::<protocol::RespMmap>();
         let (addr, len) = {
             let req = media.send(out, resp_len)?;
-            let (resp, used) = media.wait(&req, format_args!("MMAP of offset {:#x}", offset))?;
+            let r = media.wait(&req, format_args!("MMAP of offset {:#x}", offset));
+            if matches!(&r, Err(e) if *e == etimedout()) {
+                media.note_mmap_stall(req.clone());
+            }
+            let (resp, used) = r?;
             match protocol::check_mmap_resp(resp, used, resp_len) {
                 Ok(Ok(r)) => r,
                 Ok(Err(errno)) => return Err(crate::session::device_error(errno)),
@@ -112,7 +121,11 @@ impl Mapping {
 }
 
 impl Drop for Mapping {
+    /// Sends MUNMAP and waits for the answer (the last unmap: under the `mmap_lock`). While
+    /// the device is stalled ([`VirtioMedia::mmap_stalled`]) it is only posted, if the ring
+    /// has room: nothing waits, and a device that comes back still gets it.
     fn drop(&mut self) {
+        let stalled = self.media.mmap_stalled();
         let res = DmaBuf::new(protocol::CmdMunmap::SIZE).and_then(|mut out| {
             let cmd = protocol::CmdMunmap {
                 hdr: protocol::CmdHeader::new(protocol::CMD_MUNMAP),
@@ -120,8 +133,15 @@ impl Drop for Mapping {
             };
             cmd.encode(out.bytes_mut()).ok_or(EINVAL)?;
             let resp_len = core::mem::size_of::<protocol::RespMunmap>();
+            if stalled {
+                return self.media.try_send(out, resp_len).map(drop);
+            }
             let req = self.media.send(out, resp_len)?;
-            let (resp, used) = req.wait_release()?;
+            let r = req.wait_release();
+            if matches!(&r, Err(e) if *e == etimedout()) {
+                self.media.note_mmap_stall(req.clone());
+            }
+            let (resp, used) = r?;
             match protocol::check_resp_header(resp, used, resp_len) {
                 Ok(0) => Ok(()),
                 Ok(errno) => Err(crate::session::device_error(errno)),

@@ -97,6 +97,11 @@ impl Request {
         }
     }
 
+    /// Whether the device has answered (or the request was completed with `ENODEV`).
+    pub(crate) fn is_done(&self) -> bool {
+        self.state.lock().result.is_some()
+    }
+
     /// The response bytes and used length of a completed request (`result` as recorded by
     /// [`Self::complete`]).
     fn answer(&self, result: Result<u32>) -> Result<(&[u8], usize)> {
@@ -135,6 +140,16 @@ impl VirtioMedia {
     /// Errors: `ENODEV` (device removed), `ENOMEM`, `ETIMEDOUT` and `EINTR` (ring full), and
     /// `virtqueue_add_sgs` errors.
     pub(crate) fn send(&self, out: DmaBuf, resp_len: usize) -> Result<Arc<Request>> {
+        self.post(out, resp_len, true)
+    }
+
+    /// [`Self::send`] without waiting for ring space: `ENOSPC` if the commandq is full.
+    pub(crate) fn try_send(&self, out: DmaBuf, resp_len: usize) -> Result<Arc<Request>> {
+        self.post(out, resp_len, false)
+    }
+
+    /// [`Self::send`]; waits for ring space only if `wait_for_space`.
+    fn post(&self, out: DmaBuf, resp_len: usize, wait_for_space: bool) -> Result<Arc<Request>> {
         let resp = if resp_len > 0 {
             Some(DmaBuf::new(resp_len)?)
         } else {
@@ -161,7 +176,7 @@ impl VirtioMedia {
                     vq.kick();
                     break;
                 }
-                Err((e, t)) if e == ENOSPC => {
+                Err((e, t)) if e == ENOSPC && wait_for_space => {
                     // Ring full: wait for the callback to free descriptors.
                     token = t;
                     match self.commandq_space.wait_interruptible_timeout(&mut q, left) {
@@ -205,7 +220,7 @@ impl VirtioMedia {
 }
 
 /// `ETIMEDOUT` (110, include/uapi/asm-generic/errno.h), absent from 6.12's `kernel::error::code`.
-fn etimedout() -> Error {
+pub(crate) fn etimedout() -> Error {
     Error::from_errno(-110)
 }
 

@@ -142,6 +142,11 @@ pub(crate) struct VirtioMedia {
     /// command that timed out, a CLOSE never answered): unpinned by `remove` after the reset.
     #[pin]
     orphans: Mutex<Orphans>,
+    /// An MMAP or MUNMAP the device let time out and has not answered since: while it is
+    /// unanswered the device counts as stalled and no MMAP/MUNMAP waits for it (those waits
+    /// hold the caller's `mmap_lock`). See [`VirtioMedia::mmap_stalled`].
+    #[pin]
+    mmap_stall: Mutex<Option<Arc<session::Request>>>,
 }
 
 /// See [`VirtioMedia::orphan_pins`].
@@ -175,6 +180,31 @@ impl VirtioMedia {
             }
             // Cannot fail: room for one more was reserved above.
             let _ = o.pins.push(p, GFP_KERNEL);
+        }
+    }
+
+    /// Whether an earlier MMAP/MUNMAP timed out and is still unanswered: then MMAP and
+    /// MUNMAP do not wait for the device (they run with the caller's `mmap_lock` held: a
+    /// process with N mappings of a stalled device would otherwise take N command timeouts
+    /// to exit). Cleared as soon as the device answers that command. Process context.
+    pub(crate) fn mmap_stalled(&self) -> bool {
+        let mut stall = self.mmap_stall.lock();
+        if stall.as_ref().is_some_and(|r| r.is_done()) {
+            *stall = None;
+        }
+        stall.is_some()
+    }
+
+    /// Records that the device let the MMAP/MUNMAP `req` time out (see [`Self::mmap_stalled`]).
+    pub(crate) fn note_mmap_stall(&self, req: Arc<session::Request>) {
+        let mut stall = self.mmap_stall.lock();
+        if stall.is_none() {
+            *stall = Some(req);
+            drop(stall);
+            dev_warn_rl!(
+                self.dev(),
+                "MMAP/MUNMAP timed out: no longer waited for until the device answers"
+            );
         }
     }
 
@@ -607,6 +637,7 @@ pub(crate) fn probe(vdev: &VirtioDevice) -> Result {
                 Orphans { gone: false, pins: KVec::new() },
                 "virtio_media:orphans"
             ),
+            mmap_stall <- kernel::new_mutex!(None, "virtio_media:mmap_stall"),
         }),
         GFP_KERNEL,
     )?;

@@ -85,6 +85,9 @@ pub enum Fault {
     /// `request_fd`, `V4L2_CTRL_WHICH_REQUEST_VAL`) or an S_FBUF `base` address is logged
     /// (`fault: ... carried ...`); the device then handles it as usual.
     ClaimsUnsupported,
+    /// MUNMAP never answered (the chain is kept for good): a stalled device, seen by a
+    /// process that unmaps its buffers (under its `mmap_lock`).
+    MunmapHang,
 }
 
 /// `V4L2_BUF_CAP_SUPPORTS_*` bits 0..8 (MMAP ... REMOVE_BUFS): what [`Fault::ClaimsUnsupported`]
@@ -185,6 +188,7 @@ pub const FAULTS: &[(&str, Fault, &str)] = &[
         Fault::ClaimsUnsupported,
         "claims DMABUF/requests/REMOVE_BUFS, logs request fds and S_FBUF base it is sent",
     ),
+    ("munmap-hang", Fault::MunmapHang, "MUNMAP never answered"),
 ];
 
 static FAULT: OnceLock<Fault> = OnceLock::new();
@@ -327,6 +331,13 @@ pub fn on_response(cmd: &[u8], resp: &mut Vec<u8>) -> Verdict {
             }
         }
         (Some(3), Fault::ClaimsUnsupported) => claims_unsupported(cmd, resp, ok),
+        (Some(5), Fault::MunmapHang) => {
+            info!(
+                "fault: MUNMAP of {:#x} held, never answered",
+                read64(cmd, 8)
+            );
+            return Verdict::Hold { release: false };
+        }
         (Some(4), Fault::MmapOutside) if ok => {
             let addr = SHM_SIZE - 4096;
             info!(
