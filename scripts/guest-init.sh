@@ -132,5 +132,6 @@ fi
 
 printf 'init %s\ncmd_start %s\ncmd_end %s\n' "$t_init" "$t_cmd" "$t_end" > "$OUT/timing"
 dmesg > "$OUT/dmesg"
+dmesg -r > "$OUT/dmesg.raw"
 echo "$status" > "$OUT/status.tmp" && mv "$OUT/status.tmp" "$OUT/status"
 finish

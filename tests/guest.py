@@ -39,6 +39,11 @@ SCRIPTS = REPO / "scripts"
 GUEST_INIT = SCRIPTS / "guest-init.sh"
 MODULE_NAME = "virtio_media"
 
+# PCI slot of the first virtio-media device (several devices: slots DEVICE_SLOT0 + i, at most
+# MAX_DEVICES: slot 31 is the bus's last; the 9p devices take the first free ones, 2 and 3).
+DEVICE_SLOT0 = 0x08
+MAX_DEVICES = 32 - DEVICE_SLOT0
+
 # Exit codes of scripts/guest-run besides the guest command's own status (0..255).
 EXIT_SPLAT = 125       # the guest dmesg has a kernel splat (SPLAT_PATTERNS)
 EXIT_CMD_TIMEOUT = 124  # the command hit --timeout inside the guest (coreutils timeout's code)
@@ -222,6 +227,30 @@ def find_splats(text: str, allow: Iterable[str] = ()) -> list:
     return [l for l in text.splitlines() if pat.search(l) and not any(o.search(l) for o in ok)]
 
 
+# Driver warnings: dmesg -r lines "<L>[time] virtio_media <dev>: ..." with L <= 4 (KERN_WARNING).
+_DRIVER_LINE = re.compile(r"^<(\d+)>\[\s*[\d.]+\] (virtio_media \S+: .*)$", re.M)
+
+
+def driver_warnings(dmesg_raw: str, expected: Iterable[str] = (), dev: Optional[str] = None) -> list:
+    """The driver's warning (or worse) lines in a raw dmesg that match none of `expected`;
+    only those of device `dev` ("virtio3") if given. The facility bits of <L> are masked."""
+    ok = [re.compile(p) for p in expected]
+    out = []
+    for m in _DRIVER_LINE.finditer(dmesg_raw):
+        level, text = int(m.group(1)) & 7, m.group(2)
+        if level > 4 or (dev and not text.startswith(f"virtio_media {dev}:")):
+            continue
+        if not any(o.search(text) for o in ok):
+            out.append(text)
+    return out
+
+
+def device_panics(device_log: str) -> list:
+    """Lines of a backend's log that say it panicked (our device turns a panic in a command
+    into EIO and logs "the device panicked"; any other thread's panic prints "panicked at")."""
+    return [l for l in device_log.splitlines() if "panicked" in l]
+
+
 # --------------------------------------------------------------------------------------------
 # One run
 
@@ -239,6 +268,12 @@ class GuestResult:
     cmd_time: Optional[float]   # s, the command's run time in the guest
     kmemleak: str = ""
     backend_exit: Optional[int] = None  # the backend's status if it exited before QEMU
+    dmesg_raw: str = ""        # the dmesg with "<level>" prefixes (busybox dmesg -r)
+    guest: Optional["Guest"] = None
+
+    def device_log(self, i: int = 0) -> str:
+        """The log of backend i (vdm.log, or vdm<i>.log with several devices)."""
+        return self.guest.device_log(i) if self.guest else ""
 
     @property
     def dmesg_path(self) -> Path:
@@ -320,25 +355,44 @@ class Guest:
             res = g.wait()
     """
 
-    def __init__(self, cmd: str, backend: str = "simple-capture", module=True,
+    def __init__(self, cmd: str, backend="simple-capture", module=True,
                  timeout: int = 300, udev: bool = False, kmemleak: bool = False,
                  check_splats: bool = True, allow_splats: Iterable[str] = (),
                  keep: Optional[os.PathLike] = None,
                  extra_qemu_args: Sequence[str] = (), extra_cmdline: str = "",
-                 console: bool = False, boot_timeout: int = BOOT_TIMEOUT):
+                 console: bool = False, boot_timeout: int = BOOT_TIMEOUT,
+                 expect_warnings: Optional[Iterable[str]] = (),
+                 expect_device_panic: bool = False, files: Optional[dict] = None):
         # module: True/"load" = build, install, modprobe; "install" = build and install into
         # /lib/modules without loading (autoload tests); False/"none" = not built, not installed.
         mod = {True: "load", False: "none"}.get(module, module)
         if mod not in ("load", "install", "none"):
             raise ValueError(f"module={module!r}")
-        self.cmd, self.backend, self.module, self.timeout = cmd, backend, mod, int(timeout)
+        self.cmd, self.module, self.timeout = cmd, mod, int(timeout)
+        # backend: one name (device "vmedia", socket vdm.sock, log vdm.log) or a list of names:
+        # several virtio-media devices in one guest ("vmedia0".., vdm0.sock.., vdm0.log..), the
+        # device of backends[i] in PCI slot DEVICE_SLOT0 + i (guest: tests/guest_tools/node).
+        if isinstance(backend, str):
+            self.backends = [] if backend == "none" else [backend]
+            self.multi = False
+        else:
+            self.backends = list(backend)
+            self.multi = True
+        self.backend = backend
+        if len(self.backends) > MAX_DEVICES:
+            raise ValueError(f"{len(self.backends)} devices: at most {MAX_DEVICES} fit on the bus")
+        # Driver warnings (dmesg lines of virtio_media at KERN_WARNING or worse) that do not match
+        # one of these regexes fail the run like a splat; None: not checked.
+        self.expect_warnings = None if expect_warnings is None else list(expect_warnings)
+        self.expect_device_panic = expect_device_panic
+        self.files = dict(files or {})
         self.udev, self.kmemleak = udev, kmemleak
         self.check_splats, self.allow_splats = check_splats, list(allow_splats)
         self.keep = keep
         self.extra_qemu_args, self.extra_cmdline = list(extra_qemu_args), extra_cmdline
         self.console, self.boot_timeout = console, boot_timeout
         self.qemu_p: Optional[subprocess.Popen] = None
-        self.vdm_p: Optional[subprocess.Popen] = None
+        self.vdm_ps: list = []
         self.run_dir: Optional[Path] = None
         self._result: Optional[GuestResult] = None
         self._stop_console = threading.Event()
@@ -377,33 +431,39 @@ class Guest:
         share.mkdir()
         # Sockets: the run dir unless its path is too long for sun_path (108 bytes).
         self.sock_dir = run if len(str(run)) < 80 else Path(tempfile_mkdtemp(Path("/tmp"), "vmrs-s"))
-        vdm_sock = self.sock_dir / "vdm.sock"
 
         # The guest bind-mounts share/modroot/lib/modules on /lib/modules: it must exist on the
         # host root, which the guest sees read-only.
         Path("/lib/modules").mkdir(exist_ok=True)
         _install_modules(art, share / "modroot")  # in-tree ones always, ours unless module="none"
         (share / "cmd.sh").write_text(self.cmd + "\n")
+        for rel, text in self.files.items():
+            (share / rel).parent.mkdir(parents=True, exist_ok=True)
+            (share / rel).write_text(text)
         (share / "config").write_text(
             f"VMRS_TIMEOUT={self.timeout}\nVMRS_MODULE={self.module}\n"
             f"VMRS_UDEV={int(self.udev)}\nVMRS_KMEMLEAK={int(self.kmemleak)}\n"
             f"VMRS_REPO='{REPO}'\n")
 
-        if self.backend != "none":
-            backend_cmd = backend_command(self.backend, vdm_sock, art)
+        for i, b in enumerate(self.backends):
+            sock = self.sock_dir / self.device_file(i, "sock")
+            logp = run / self.device_file(i, "log")
+            backend_cmd = backend_command(b, sock, art)
             name = Path(backend_cmd[0]).name
-            with open(run / "vdm.log", "wb") as logf:
-                self.vdm_p = subprocess.Popen(
+            with open(logp, "wb") as logf:
+                self.vdm_ps.append(subprocess.Popen(
                     backend_cmd,
                     stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                    start_new_session=True, preexec_fn=_pdeathsig)
+                    start_new_session=True, preexec_fn=_pdeathsig))
+        for i, p in enumerate(self.vdm_ps):
+            sock = self.sock_dir / self.device_file(i, "sock")
             t = time.monotonic()
-            while not vdm_sock.exists():
-                if self.vdm_p.poll() is not None:
-                    raise RigError(f"{name} exited ({self.vdm_p.returncode}): "
-                                   f"{(run / 'vdm.log').read_text(errors='replace')[-2000:]}")
+            while not sock.exists():
+                if p.poll() is not None:
+                    raise RigError(f"backend {self.backends[i]} exited ({p.returncode}): "
+                                   f"{self.device_log(i)[-2000:]}")
                 if time.monotonic() - t > 20:
-                    raise RigError(f"{name} did not create its socket in 20 s")
+                    raise RigError(f"backend {self.backends[i]} did not create its socket in 20 s")
                 time.sleep(0.02)
 
         cmdline = " ".join([
@@ -426,10 +486,12 @@ class Guest:
             "-fsdev", f"local,id=vmrs,path={_q(share)},security_model=none,multidevs=remap",
             "-device", "virtio-9p-pci,fsdev=vmrs,mount_tag=vmrs",
         ]
-        if self.backend != "none":
-            args += ["-chardev", f"socket,id=c,path={_q(vdm_sock)}",
-                     "-device", "vhost-user-device-pci,id=vmedia,chardev=c,virtio-id=48,"
-                                "num_vqs=2,config_size=40"]
+        for i in range(len(self.backends)):
+            sock = self.sock_dir / self.device_file(i, "sock")
+            args += ["-chardev", f"socket,id=c{i},path={_q(sock)}",
+                     "-device", f"vhost-user-device-pci,id={self.device_id(i)},chardev=c{i},"
+                                f"virtio-id=48,num_vqs=2,config_size=40,"
+                                f"addr={DEVICE_SLOT0 + i:#x}"]
         args += self.extra_qemu_args
         (run / "qemu.cmd").write_text(" ".join(f"'{a}'" if " " in a else a for a in args) + "\n")
         self.t_start = time.monotonic()
@@ -462,10 +524,25 @@ class Guest:
         """Kills QEMU and the backend (idempotent)."""
         _kill(self.qemu_p)
         self._stop_console.set()
-        if self.vdm_p is not None and self.vdm_p.poll() is None:
-            _kill(self.vdm_p)
+        for p in self.vdm_ps:
+            if p.poll() is None:
+                _kill(p)
         if getattr(self, "sock_dir", None) and self.sock_dir != self.run_dir:
             shutil.rmtree(self.sock_dir, ignore_errors=True)
+
+    # -- devices ---------------------------------------------------------------------------------
+
+    def device_id(self, i: int) -> str:
+        """QEMU id of device i (for device_del): "vmedia" alone, "vmedia<i>" of several."""
+        return f"vmedia{i}" if self.multi else "vmedia"
+
+    def device_file(self, i: int, ext: str) -> str:
+        return f"vdm{i}.{ext}" if self.multi else f"vdm.{ext}"
+
+    def device_log(self, i: int = 0) -> str:
+        """The log of backend i (its stdout and stderr)."""
+        p = self.run_dir / self.device_file(i, "log")
+        return p.read_text(errors="replace") if p.exists() else ""
 
     # -- interaction while the guest runs ------------------------------------------------------
 
@@ -529,11 +606,12 @@ class Guest:
         backend_exit = None
         while self.qemu_p.poll() is None:
             now = time.monotonic()
-            if (self.vdm_p is not None and backend_exit is None and not reported
-                    and self.vdm_p.poll() is not None):
-                backend_exit = self.vdm_p.returncode
-                log(f"the vhost-user backend exited ({backend_exit}) while the guest ran, "
-                    f"{now - self.t_start:.1f} s after QEMU started; see {self.run_dir / 'vdm.log'}")
+            for i, p in enumerate(self.vdm_ps):
+                if backend_exit is None and not reported and p.poll() is not None:
+                    backend_exit = p.returncode
+                    log(f"vhost-user backend {i} exited ({backend_exit}) while the guest ran, "
+                        f"{now - self.t_start:.1f} s after QEMU started; see "
+                        f"{self.run_dir / self.device_file(i, 'log')}")
             if not reported and (status_file.exists() or (share / "setup-failed").exists()):
                 reported = True
                 deadline = min(deadline, now + 30)  # it reboots right away; give it 30 s
@@ -561,10 +639,19 @@ class Guest:
         splats = find_splats(dmesg or serial_text, self.allow_splats)
         if kmemleak.strip():
             splats += ["kmemleak: " + l for l in kmemleak.splitlines()[:40]]
+        dmesg_raw = read("dmesg.raw")
+        if self.expect_warnings is not None:
+            splats += ["unexpected driver warning: " + l
+                       for l in driver_warnings(dmesg_raw, self.expect_warnings)]
+        if not self.expect_device_panic:
+            for i in range(len(self.backends)):
+                splats += [f"device {i} ({self.backends[i]}): {l}"
+                           for l in device_panics(self.device_log(i))]
         res = GuestResult(stdout=read("stdout"), stderr=read("stderr"), status=status,
                           dmesg=dmesg, splats=splats, run_dir=self.run_dir, wall_time=wall,
                           boot_time=boot, cmd_time=cmd_t, kmemleak=kmemleak,
-                          backend_exit=backend_exit, check_splats=self.check_splats)
+                          backend_exit=backend_exit, check_splats=self.check_splats,
+                          dmesg_raw=dmesg_raw, guest=self)
         self._result = res
         parts = [f"boot+run {wall:.1f} s"]
         if boot is not None:
@@ -636,10 +723,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         description="Boot the virtio-media test guest (QEMU TCG) and run a shell command in it.",
         epilog="Exit status: the command's own, or 125 kernel splat, 124 command timed out, "
                "123 guest never reported back, 122 rig failure. See Documentation/rig.md.")
-    ap.add_argument("--backend", default="simple-capture",
-                    help="vhost-device-media backend: null, simple-capture; vmrs:PROFILE = our own "
-                         "test device (tests/device), e.g. vmrs:capture-mplane; none = no "
-                         "virtio-media device")
+    ap.add_argument("--backend", action="append", default=[],
+                    help="vhost-device-media backend: null, simple-capture (default); "
+                         "vmrs:PROFILE = our own test device (tests/device), e.g. "
+                         "vmrs:capture-mplane; none = no virtio-media device. Repeat for "
+                         "several devices (QEMU ids vmedia0.., logs vdm0.log..; in the guest "
+                         "tests/guest_tools/node I prints device I's /dev/videoN)")
+    ap.add_argument("--expect-warning", action="append", default=[], metavar="REGEX",
+                    help="a driver warning matching REGEX does not fail the run (repeatable); "
+                         "any other virtio_media warning does")
     ap.add_argument("--no-module", action="store_true", help="do not build, install or load virtio_media.ko")
     ap.add_argument("--no-load", action="store_true",
                     help="build and install virtio_media.ko into /lib/modules but do not load it")
@@ -669,7 +761,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
 
-    g = Guest(" ".join(cmd), backend=a.backend, module=module, timeout=a.timeout, udev=a.udev,
+    backend = a.backend[0] if len(a.backend) == 1 else a.backend or "simple-capture"
+    g = Guest(" ".join(cmd), backend=backend, module=module, expect_warnings=a.expect_warning, timeout=a.timeout, udev=a.udev,
               kmemleak=a.kmemleak, check_splats=not a.no_splat_check, allow_splats=a.allow_splat,
               keep=a.keep, extra_qemu_args=a.qemu_arg, extra_cmdline=a.append, console=a.console)
     t = time.monotonic()

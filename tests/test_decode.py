@@ -11,8 +11,10 @@ device decodes with libavcodec too, so the output must be bit-exact: every frame
 order (the clips have B-frames), with nothing missing (the drain) or extra, across a mid-stream
 resolution change (clip_change: 320x240 then 640x480).
 
-One guest boot per clip runs the three applications (tests/guest_tools/decode_check.py); the
-tests of a clip share it.
+All of it shares ONE guest boot (tests/batch.py) with test_decoder_interface.py: device 0 is
+the `decoder` profile the applications and decoder_seq.py use (the first decoder node, which
+ffmpeg and GStreamer's v4l2h264dec pick), devices 1 and 2 fresh `decoder-yu12` and `decoder`
+devices for v4l2-compliance; one job per clip runs the three applications.
 """
 import json
 import re
@@ -20,50 +22,69 @@ import re
 import pytest
 
 import clips
-from guest import REPO, run_guest
+from batch import Batch
+from guest import REPO
+import totals
 
 pytestmark = pytest.mark.guest
 
-BACKEND = "vmrs:decoder"
 TEST_CLIPS = ["clip_320x240", "clip_1280x720", "clip_change"]
 APPS = ["ffmpeg", "gst", "v4l2ctl"]
-TOTALS = re.compile(r"^Total for virtio_media device /dev/video0: (\d+), Succeeded: (\d+), "
-                    r"Failed: (\d+), Warnings: (\d+)$", re.M)
+BACKENDS = ["vmrs:decoder", "vmrs:decoder-yu12", "vmrs:decoder"]
+SEQ = f"{REPO}/tests/guest_tools/decoder_seq.py"
+# v4l2-compliance -s --stream-from on the decoders: (profile, device). 1.22.1 only on
+# decoder-yu12: it expects NV12's old description "Y/CbCr 4:2:0" where kernel 6.12 (and so
+# the device) says "Y/UV 4:2:0"; a failed ENUM_FMT leaves its format and streaming tests with
+# no formats to test. 1.32 knows the new description and tests NV12 (the `decoder` profile).
+COMPLIANCE = [("1.22", "decoder-yu12", 1), ("1.32", "decoder-yu12", 1), ("1.32", "decoder", 2)]
 
-_runs: dict = {}
+_jobs: dict = {}
 
 
-def decode_run(name):
-    """Boots one guest that decodes clip `name` with every app; memoised per session.
-
-    Returns (GuestResult, {app: decode_check result}). An exception of the run (splat, no
-    report) is re-raised for every test of the clip."""
-    if name not in _runs:
-        c = clips.get_clip(name)
-        cmd = (f"python3 {REPO}/tests/guest_tools/decode_check.py --clip {c.path} "
-               f"--ref {c.ref_json} --out /tmp/decode --save $VMRS_OUT/{name}")
+def jobs():
+    """The decode boot, run once per pytest process: {job name: batch.JobResult}. Raises its
+    exception (no report, rig error) for every test that asks."""
+    if "r" not in _jobs:
         try:
-            res = run_guest(cmd, backend=BACKEND, timeout=900)
-            results = {}
-            for line in res.stdout.splitlines():
-                if line.startswith("{"):
-                    j = json.loads(line)
-                    results[j["app"]] = j
-            print(f"{name}: guest wall {res.wall_time:.1f} s, command {res.cmd_time} s; " +
-                  ", ".join(f"{a} {r['seconds']} s" for a, r in results.items()))
-            _runs[name] = (res, results)
-        except Exception as e:  # noqa: BLE001 (re-raised below, for each test of the clip)
-            _runs[name] = e
-    r = _runs[name]
+            b = Batch(BACKENDS)
+            for name in TEST_CLIPS:
+                c = clips.get_clip(name)
+                b.add(f"decode-{name}",
+                      f"python3 {REPO}/tests/guest_tools/decode_check.py --clip {c.path} "
+                      f"--ref {c.ref_json} --out /tmp/decode --save $VMRS_JOB_OUT/{name} "
+                      "--device $VMRS_DEV", dev=0, timeout=900)
+            small, change = clips.get_clip("clip_320x240"), clips.get_clip("clip_change")
+            b.add("seq", f"python3 {SEQ} $VMRS_DEV {small.path} --passes 2 && "
+                         f"python3 {SEQ} $VMRS_DEV {change.path} --passes 2", dev=0, timeout=600)
+            for tool, profile, dev in COMPLIANCE:
+                b.add(f"compliance-{tool}-{profile}",
+                      f"{totals.command(tool)} -d $VMRS_DEV -s --stream-from={small.path} 2>&1",
+                      dev=dev, timeout=900)
+            _jobs["r"] = b.run()
+        except Exception as e:  # noqa: BLE001 (re-raised below, for each test)
+            _jobs["r"] = e
+    r = _jobs["r"]
     if isinstance(r, Exception):
         raise r
     return r
 
 
+def decode_run(name):
+    """(JobResult, {app: decode_check result}) of clip `name`."""
+    j = jobs()[f"decode-{name}"]
+    j.check()
+    results = {}
+    for line in j.stdout.splitlines():
+        if line.startswith("{"):
+            r = json.loads(line)
+            results[r["app"]] = r
+    return j, results
+
+
 def describe(res, r):
     keep = {k: v for k, v in r.items() if k != "stderr_tail"}
     return (f"{json.dumps(keep, indent=1)}\n--- {r['app']} output (tail) ---\n{r['stderr_tail']}"
-            f"\n--- run dir {res.run_dir} (vdm.log: the device's log) ---")
+            f"\n--- run dir {res.run_dir} (vdm0.log: the device's log) ---")
 
 
 @pytest.mark.parametrize("app", APPS)
@@ -78,22 +99,15 @@ def test_decode_is_bit_exact(name, app):
     assert r["ok"] and r["matching_frames"] == c.frame_count, describe(res, r)
 
 
-def test_compliance_streaming_from_a_clip_has_no_failures():
-    """v4l2-compliance 1.22.1 with the clip as the OUTPUT stream. Profile decoder-yu12 (CAPTURE
-    YU12 only): 1.22.1 expects NV12's old description "Y/CbCr 4:2:0" where kernel 6.12 (and
-    so the device) says "Y/UV 4:2:0", and a failed ENUM_FMT leaves the format and streaming
-    tests with no formats to test (they then pass without streaming anything)."""
-    c = clips.get_clip("clip_320x240")
-    res = run_guest(f"v4l2-compliance -d0 -s --stream-from={c.path} 2>&1",
-                    backend="vmrs:decoder-yu12", timeout=900)
-    m = TOTALS.search(res.stdout)
-    assert m, res.stdout[-3000:]
-    total, ok, failed, warn = map(int, m.groups())
-    print(f"v4l2-compliance -s --stream-from (vmrs:decoder-yu12): total {total} succeeded {ok} "
-          f"failed {failed} warnings {warn}; guest wall {res.wall_time:.1f} s")
-    assert failed == 0, "\n".join(l for l in res.stdout.splitlines() if "fail" in l.lower())
-    # The device was seen as a stateful decoder, streaming was tested, and it decoded frames.
-    assert "Detected Stateful Decoder" in res.stdout, res.stdout[:3000]
-    assert re.search(r"test MMAP \(select[^)]*\): OK$", res.stdout, re.M), res.stdout[-3000:]
-    counts = re.findall(r"Video Capture Multiplanar: Captured (\d+) buffers", res.stdout)
-    assert counts and all(int(n) > 0 for n in counts), res.stdout[-3000:]
+@pytest.mark.parametrize("tool,profile,dev", COMPLIANCE)
+def test_compliance_streaming_from_a_clip_is_clean(tool, profile, dev):
+    """v4l2-compliance -s with the clip as the OUTPUT stream: 0 failed, 0 warnings, the
+    pinned total (tests/totals.py); the device was seen as a stateful decoder, streaming was
+    tested, and it decoded frames."""
+    j = jobs()[f"compliance-{tool}-{profile}"]
+    j.check()
+    totals.assert_clean(j.stdout, tool, f"{profile} -s --stream-from")
+    assert "Detected Stateful Decoder" in j.stdout, j.stdout[:3000]
+    assert re.search(r"test MMAP \(select[^)]*\): OK$", j.stdout, re.M), j.stdout[-3000:]
+    counts = re.findall(r"Video Capture Multiplanar: Captured (\d+) buffers", j.stdout)
+    assert counts and all(int(n) > 0 for n in counts), j.stdout[-3000:]

@@ -21,23 +21,23 @@ import json
 import pytest
 
 import clips
-from guest import REPO, run_guest
+import test_decode
 
 pytestmark = pytest.mark.guest
 
-SEQ = f"{REPO}/tests/guest_tools/decoder_seq.py"
 _run = {}
 
 
 def run():
-    """One guest: both clips, two passes each (drain, START, decode again)."""
+    """Both clips, two passes each (drain, START, decode again): the `seq` job of
+    test_decode.py's boot (one guest for every decoder test)."""
     if "res" not in _run:
+        j = test_decode.jobs()["seq"]
+        j.check()
+        assert j.status == 0, j.stdout[-2000:] + j.stderr[-2000:]
+        lines = [json.loads(l) for l in j.stdout.splitlines() if l.startswith("{")]
+        assert len(lines) == 2, j.stdout[-2000:] + j.stderr[-2000:]
         small, change = clips.get_clip("clip_320x240"), clips.get_clip("clip_change")
-        cmd = (f"python3 {SEQ} /dev/video0 {small.path} --passes 2 && "
-               f"python3 {SEQ} /dev/video0 {change.path} --passes 2")
-        res = run_guest(cmd, backend="vmrs:decoder", timeout=600)
-        lines = [json.loads(l) for l in res.stdout.splitlines() if l.startswith("{")]
-        assert len(lines) == 2, res.stdout[-2000:] + res.stderr[-2000:]
         _run["res"] = {"small": (small, lines[0]), "change": (change, lines[1])}
     return _run["res"]
 

@@ -9,17 +9,22 @@ the advertised caps.
 The expected frame content is computed here from the device's pattern definition (virtio-media
 0.0.8, SimpleCaptureDevice::process_queued_buffers): frame with sequence n is 640x480 YU12 whose
 Y plane is all n % 256, U plane all (n + 64) % 256 and V plane all (n + 128) % 256.
+
+The tests share one guest boot (tests/batch.py): device 0 for the streaming jobs, devices 1
+and 2 fresh ones for the two v4l2-compliance versions; hot unplug has a boot of its own.
 """
 import hashlib
 import json
 
 import pytest
 
-from guest import REPO, run_guest
+from batch import Batch
+from guest import REPO
+import totals
 
 pytestmark = pytest.mark.guest
 
-STREAM = f"python3 {REPO}/tests/guest_tools/stream.py /dev/video0 9"
+STREAM = f"python3 {REPO}/tests/guest_tools/stream.py $VMRS_DEV 9"
 W, H = 640, 480
 
 
@@ -28,15 +33,40 @@ def expected_frame(seq):
             + bytes([(seq + 128) % 256]) * (W * H // 4))
 
 
+def _jobs():
+    torture = MAPPING_TORTURE.format(tools=f"{REPO}/tests/guest_tools")
+    return [
+        ("mmap60", 0, f"{STREAM} 4 60 --mmap", 600),
+        ("nonblock", 0, f"{STREAM} 2 20 --nonblock", 300),
+        ("torture", 0, f"python3 - <<'EOF'\n{torture}\nEOF", 300),
+        ("concurrent", 0, CONCURRENT, 600),
+        ("poll", 0, f"python3 - <<'EOF'\n{POLL_SCRIPT}\nEOF", 120),
+        ("compliance-1.22", 1, f"{totals.command('1.22')} -d $VMRS_DEV -s 2>&1", 900),
+        ("compliance-1.32", 2, f"{totals.command('1.32')} -d $VMRS_DEV -s 2>&1", 900),
+    ]
+
+
+@pytest.fixture(scope="module")
+def jobs():
+    b = Batch(["simple-capture"] * 3)
+    for name, dev, cmd, timeout in _jobs():
+        b.add(name, cmd, dev=dev, timeout=timeout)
+    return b.run()
+
+
+def ok(job):
+    job.check()
+    assert job.status == 0, (job.status, job.stdout, job.stderr)
+    return job
+
+
 def test_expected_pattern_rejects_a_zero_frame():
     assert hashlib.md5(bytes(W * H * 3 // 2)).hexdigest() != \
         hashlib.md5(expected_frame(0)).hexdigest()
 
 
-def test_stream_mmap_60_frames_match_the_device_pattern():
-    res = run_guest(f"{STREAM} 4 60 --mmap", timeout=600)
-    assert res.status == 0, (res.stdout, res.stderr)
-    r = json.loads(res.stdout)
+def test_stream_mmap_60_frames_match_the_device_pattern(jobs):
+    r = json.loads(ok(jobs["mmap60"]).stdout)
     assert r["count"] == 4
     assert all(b["planes"] == 1 and b["length"] == W * H * 3 // 2 and b["m_planes_kept"]
                for b in r["buffers"]), r["buffers"]
@@ -49,10 +79,8 @@ def test_stream_mmap_60_frames_match_the_device_pattern():
     assert r["dqbuf_after_streamoff"] == "EINVAL"
 
 
-def test_stream_without_mmap_and_nonblocking_dqbuf():
-    res = run_guest(f"{STREAM} 2 20 --nonblock", timeout=300)
-    assert res.status == 0, (res.stdout, res.stderr)
-    r = json.loads(res.stdout)
+def test_stream_without_mmap_and_nonblocking_dqbuf(jobs):
+    r = json.loads(ok(jobs["nonblock"]).stdout)
     assert [f["seq"] for f in r["frames"]] == list(range(20))
 
 
@@ -69,7 +97,7 @@ libc.mremap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctype
 PROT_READ, MAP_SHARED, MAP_PRIVATE, MAP_ANON = 1, 1, 2, 0x20
 MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
 PAGE = 4096
-fd = os.open("/dev/video0", os.O_RDWR)
+fd = os.open(os.environ["VMRS_DEV"], os.O_RDWR)
 err, r = ioctl(fd, IOWR(8, 20), struct.pack("<III", 2, 9, 1) + bytes(8))
 assert err == 0, err
 planes = ctypes.create_string_buffer(64 * 8)
@@ -122,66 +150,61 @@ print(json.dumps(out))
 """
 
 
-def test_mmap_across_fork_split_mremap_and_close():
-    script = MAPPING_TORTURE.format(tools=f"{REPO}/tests/guest_tools")
-    res = run_guest(f"python3 - <<'EOF'\n{script}\nEOF", timeout=300)
-    assert res.status == 0, (res.stdout, res.stderr)
-    r = json.loads(res.stdout)
+def test_mmap_across_fork_split_mremap_and_close(jobs):
+    r = json.loads(ok(jobs["torture"]).stdout)
     assert r == {"private": 22, "child": 0, "split_read": True, "mremap_moved": True,
                  "grow": "refused", "too_big": 22, "after_close": True}, r
 
 
-def test_streaming_and_control_ioctls_progress_concurrently():
-    """One process streams while another issues G_FMT in a loop: both make progress, i.e.
-    no device-wide lock is held across a command."""
-    gfmt = (f"python3 -c \"import sys,struct,os,time; sys.path.insert(0,'{REPO}/tests/guest_tools');"
-            "from v4l2probe import IOWR, ioctl; fd=os.open('/dev/video0',os.O_RDWR); n=0; "
+GFMT_LOOP = (f"python3 -c \"import sys,struct,os,time; sys.path.insert(0,'{REPO}/tests/guest_tools');"
+            "from v4l2probe import IOWR, ioctl; fd=os.open(os.environ['VMRS_DEV'],os.O_RDWR); n=0; "
             "t=time.time()+1e9\n"
             "while not os.path.exists('/tmp/done'):\n"
             "    e,_=ioctl(fd,IOWR(4,208),struct.pack('<I',9)+bytes(204)); assert e==0,e; n+=1\n"
             "print(n)\"")
-    cmd = (f"{gfmt} > /tmp/gfmt.out & G=$!; {STREAM} 4 120 > /tmp/stream.out; S=$?; "
-           "touch /tmp/done; wait $G; echo gfmt=$(cat /tmp/gfmt.out) stream=$S; "
-           "python3 -c \"import json; print(len(json.load(open('/tmp/stream.out'))['frames']))\"")
-    res = run_guest(cmd, timeout=600)
-    assert res.status == 0, (res.stdout, res.stderr)
+CONCURRENT = (f"{GFMT_LOOP} > /tmp/gfmt.out & G=$!; {STREAM} 4 120 > /tmp/stream.out; S=$?; "
+              "touch /tmp/done; wait $G; echo gfmt=$(cat /tmp/gfmt.out) stream=$S; "
+              "python3 -c \"import json; print(len(json.load(open('/tmp/stream.out'))['frames']))\"")
+
+
+def test_streaming_and_control_ioctls_progress_concurrently(jobs):
+    """One process streams while another issues G_FMT in a loop: both make progress, i.e.
+    no device-wide lock is held across a command."""
+    res = ok(jobs["concurrent"])
     first, frames = res.stdout.strip().splitlines()[-2:]
     gf = int(first.split()[0].split("=")[1])
     assert "stream=0" in first and int(frames) == 120, res.stdout
     assert gf >= 50, f"G_FMT loop made only {gf} calls while streaming"
 
 
-def test_poll_reports_error_before_streamon_and_input_when_done():
-    script = f"""
+POLL_SCRIPT = f"""
 import os, select, struct, sys
 sys.path.insert(0, "{REPO}/tests/guest_tools")
 from v4l2probe import IOWR, IOW, ioctl
-fd = os.open("/dev/video0", os.O_RDWR | os.O_NONBLOCK)
+fd = os.open(os.environ["VMRS_DEV"], os.O_RDWR | os.O_NONBLOCK)
 p = select.poll(); p.register(fd, select.POLLIN | select.POLLPRI)
 print("before", p.poll(0))
 e, b = ioctl(fd, IOWR(17, 88), struct.pack("<II", 0, 9) + bytes(80))
 print("dqbuf_idle", e)
 """
-    res = run_guest(f"python3 - <<'EOF'\n{script}\nEOF", timeout=120)
-    assert res.status == 0, (res.stdout, res.stderr)
+
+
+def test_poll_reports_error_before_streamon_and_input_when_done(jobs):
+    res = ok(jobs["poll"])
     lines = dict(l.split(" ", 1) for l in res.stdout.strip().splitlines())
     # POLLERR (8): not streaming. DQBUF on an idle queue: EINVAL (22).
     assert lines["before"].strip() == "[(3, 8)]", res.stdout
     assert lines["dqbuf_idle"].strip() == "22"
 
 
-def test_v4l2_compliance_streaming_runs_to_the_end():
-    res = run_guest("v4l2-compliance -d0 -s 2>&1; echo exit=$?", timeout=900)
-    import re
-    m = re.search(r"^Total for virtio_media device /dev/video0: (\d+), Succeeded: (\d+), "
-                  r"Failed: (\d+), Warnings: (\d+)$", res.stdout, re.M)
-    assert m, res.stdout[-3000:]
-    total, ok, failed, warn = map(int, m.groups())
-    print(f"v4l2-compliance -s: total {total} succeeded {ok} failed {failed} warnings {warn}")
-    for line in res.stdout.splitlines():
-        if "fail:" in line or "FAIL" in line:
-            print(line)
-    assert total == ok + failed
+@pytest.mark.parametrize("tool", totals.TOOLS)
+def test_v4l2_compliance_streaming_totals(jobs, tool):
+    """v4l2-compliance -s against simple-capture: it cannot pass (its config space misstates
+    its buffer type: "Known device bugs" in Documentation/design.md); the exact counts are
+    pinned in tests/totals.py so that any change on our side shows."""
+    j = jobs[f"compliance-{tool}"]
+    j.check()
+    totals.assert_exact(j.stdout, tool, "simple-capture -s")
 
 
 HOLD_MAPPING = r"""
@@ -217,7 +240,8 @@ def test_hot_unplug_while_streaming():
     and there is no splat."""
     from guest import Guest
     hold = HOLD_MAPPING.format(tools=f"{REPO}/tests/guest_tools")
-    cmd = (f"python3 - > /tmp/h.out 2>&1 <<'EOF' &\n{hold}\nEOF\nH=$!; "
+    cmd = ("export VMRS_DEV=/dev/video0\n"
+           f"python3 - > /tmp/h.out 2>&1 <<'EOF' &\n{hold}\nEOF\nH=$!; "
            "while ! grep -q mapped /tmp/h.out; do sleep 0.2; done; "
            f"{STREAM} 4 100000 --mmap --ready $VMRS_OUT/ready > /tmp/s.out 2>&1 & P=$!; "
            "wait $P; echo streamer=$?; cat /tmp/s.out | tail -c 300; "

@@ -13,8 +13,8 @@ the interface's rules itself:
 * Dynamic resolution change: a SOURCE_CHANGE mid-stream, then a CAPTURE buffer flagged LAST;
   DQBUF after it answers EPIPE, and poll() says POLLIN (not a hang); STREAMOFF/REQBUFS/STREAMON
   of CAPTURE alone (OUTPUT keeps streaming) resumes at the new size.
-* Drain: V4L2_DEC_CMD_STOP after the last OUTPUT buffer: frames up to a LAST-flagged buffer,
-  then EPIPE, a V4L2_EVENT_EOS; V4L2_DEC_CMD_START restarts (no more EPIPE) and the same
+* Drain: V4L2_DEC_CMD_STOP after the last OUTPUT buffer: frames up to a LAST-flagged buffer
+  (V4L2_EVENT_EOS already pending when it is dequeued), then EPIPE; V4L2_DEC_CMD_START restarts (no more EPIPE) and the same
   clip decodes again.
 
 usage: decoder_seq.py DEV CLIP [--passes N]
@@ -249,7 +249,8 @@ class Session:
                 if idle > 30:
                     raise Fail(f"no progress: pos {pos}/{len(self.data)}, {len(self.frames)} "
                                f"frames, events {self.events}, log {self.log}")
-        # The EOS event follows the LAST buffer.
+        # The device queues V4L2_EVENT_EOS before it returns the LAST buffer (so it is pending
+        # once LAST can be dequeued, as dev-decoder.rst wants): collect it.
         for _ in range(10):
             ev = dqevent(self.fd)
             if ev:

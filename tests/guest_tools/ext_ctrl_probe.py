@@ -12,6 +12,7 @@ import ctypes
 import fcntl
 import os
 import struct
+import sys
 
 LABEL = 0x00980900 + 0x1100
 
@@ -21,7 +22,7 @@ def ioc(d, nr, size):
 
 
 QUERY_EXT_CTRL, G_EXT_CTRLS = ioc(3, 103, 232), ioc(3, 71, 32)
-fd = os.open("/dev/video0", os.O_RDWR)
+fd = os.open(sys.argv[1] if len(sys.argv) > 1 else "/dev/video0", os.O_RDWR)
 
 q = bytearray(232)
 struct.pack_into("<I", q, 0, 0x80000000)  # V4L2_CTRL_FLAG_NEXT_CTRL from id 0
