@@ -803,17 +803,14 @@ pub enum Event {
         /// Errno reported by the device.
         errno: u32,
     },
-    /// [`EVT_DQBUF`]: buffer `index` of queue `buf_type` is done. The bytes of the
-    /// `v4l2_buffer` and planes are at [`DQBUF_BUFFER_OFFSET`] / [`DQBUF_PLANES_OFFSET`].
+    /// [`EVT_DQBUF`]: a buffer is done. The bytes of the `v4l2_buffer` and planes are at
+    /// [`DQBUF_BUFFER_OFFSET`] / [`DQBUF_PLANES_OFFSET`]; `buf` is what the driver uses of
+    /// them, decoded once.
     Dqbuf {
         /// Session id.
         session_id: u32,
-        /// `v4l2_buffer.index`.
-        index: u32,
-        /// `v4l2_buffer.type`.
-        buf_type: u32,
-        /// Number of planes (`v4l2_buffer.length` for multi-planar types, else 0).
-        num_planes: u32,
+        /// The buffer's fields, checked against the queue with [`Dqbuf::check`].
+        buf: Dqbuf,
     },
     /// [`EVT_EVENT`]: a V4L2 event; the `v4l2_event` is at [`EVENT_V4L2_OFFSET`].
     V4l2 {
@@ -822,6 +819,143 @@ pub enum Event {
         /// `v4l2_event.type`.
         event_type: u32,
     },
+}
+
+/// One plane of a DQBUF event's buffer (for a single-planar buffer: the buffer itself, with
+/// `data_offset` 0).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct DqbufPlane {
+    /// `bytesused`.
+    pub bytesused: u32,
+    /// `length`.
+    pub length: u32,
+    /// `data_offset` (multi-planar only).
+    pub data_offset: u32,
+}
+
+/// The buffer of a DQBUF event as [`parse_event`] decoded it: every field the driver uses,
+/// read once from the device's bytes. Context-free checks are done at parsing (the plane
+/// count); what depends on the queue's state is done by [`Dqbuf::check`].
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct Dqbuf {
+    /// `v4l2_buffer.index`.
+    pub index: u32,
+    /// `v4l2_buffer.type`.
+    pub buf_type: u32,
+    /// Number of planes: `v4l2_buffer.length` for multi-planar types (at most
+    /// [`MAX_PLANES`]), else 0.
+    pub num_planes: u32,
+    /// `v4l2_buffer.flags`.
+    pub flags: u32,
+    /// Planes `0..num_planes` (multi-planar), or entry 0 (single-planar); the rest zero.
+    planes: [DqbufPlane; MAX_PLANES],
+}
+
+impl core::fmt::Debug for Dqbuf {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Dqbuf")
+            .field("index", &self.index)
+            .field("buf_type", &self.buf_type)
+            .field("num_planes", &self.num_planes)
+            .field("flags", &self.flags)
+            .finish()
+    }
+}
+
+impl Dqbuf {
+    /// Decodes the `v4l2_buffer` `b` (88 bytes) and its `planes` array of a DQBUF event.
+    fn parse(b: &[u8], planes: &[u8]) -> Result<Self, ProtoError> {
+        let field = |buf: &[u8], off| get_u32(buf, off).unwrap_or(0);
+        let buf_type = field(b, buf::TYPE);
+        let mut d = Dqbuf {
+            index: field(b, buf::INDEX),
+            buf_type,
+            num_planes: 0,
+            flags: field(b, buf::FLAGS),
+            planes: [DqbufPlane::default(); MAX_PLANES],
+        };
+        if buf_type_is_multiplanar(buf_type) {
+            let n = field(b, buf::LENGTH);
+            if n as usize > MAX_PLANES {
+                return Err(ProtoError::TooManyPlanes(n));
+            }
+            d.num_planes = n;
+            for (i, p) in d.planes.iter_mut().take(n as usize).enumerate() {
+                let at = i * plane::SIZE;
+                *p = DqbufPlane {
+                    bytesused: field(planes, at + plane::BYTESUSED),
+                    length: field(planes, at + plane::LENGTH),
+                    data_offset: field(planes, at + plane::DATA_OFFSET),
+                };
+            }
+        } else {
+            d.planes[0] = DqbufPlane {
+                bytesused: field(b, buf::BYTESUSED),
+                length: field(b, buf::LENGTH),
+                data_offset: 0,
+            };
+        }
+        Ok(d)
+    }
+
+    /// The queue of the buffer's type, `None` if the type does not stream.
+    pub fn queue(&self) -> Option<Queue> {
+        queue_of(self.buf_type)
+    }
+
+    /// Whether the buffer is flagged `V4L2_BUF_FLAG_LAST`.
+    pub fn is_last(&self) -> bool {
+        self.flags & buf::FLAG_LAST != 0
+    }
+
+    /// The buffer's plane sizes (single-planar: entry 0), as [`buffer_lengths`] gives them.
+    pub fn lengths(&self) -> PlaneLengths {
+        let mut out = [0u32; MAX_PLANES];
+        for (o, p) in out.iter_mut().zip(self.planes.iter()) {
+            *o = p.length;
+        }
+        out
+    }
+
+    /// Checks the buffer against what the driver knows of its queue: `num_buffers`
+    /// allocated, and `known`, the plane sizes the device gave this buffer before (0 =
+    /// unknown; `None` if not tracked). A streaming type, an index below `num_buffers`, 1..8
+    /// planes for multi-planar types, each plane's `bytesused` within its `length` and its
+    /// `data_offset` before `bytesused` (videodev2.h's rule), and no plane size other than the
+    /// one the buffer was described with (the device must not return a buffer larger than the
+    /// one user space mapped).
+    pub fn check(&self, num_buffers: u32, known: Option<&PlaneLengths>) -> Result<(), DqbufError> {
+        if self.queue().is_none() {
+            return Err(DqbufError::BadType(self.buf_type));
+        }
+        if self.index >= num_buffers {
+            return Err(DqbufError::BadIndex(self.index, num_buffers));
+        }
+        if buf_type_is_multiplanar(self.buf_type) {
+            if self.num_planes == 0 {
+                return Err(DqbufError::BadPlanes(0));
+            }
+            let n = self.num_planes as usize;
+            for (i, p) in self.planes.iter().take(n).enumerate() {
+                if p.bytesused > p.length || (p.bytesused > 0 && p.data_offset >= p.bytesused) {
+                    return Err(DqbufError::BadLength(i as u32, p.bytesused, p.length));
+                }
+            }
+        } else {
+            let p = &self.planes[0];
+            if p.bytesused > p.length {
+                return Err(DqbufError::BadLength(0, p.bytesused, p.length));
+            }
+        }
+        if let Some(known) = known {
+            for (i, (&g, &k)) in self.lengths().iter().zip(known.iter()).enumerate() {
+                if k != 0 && g != k {
+                    return Err(DqbufError::LengthChanged(i as u32, g, k));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Offset of the `v4l2_buffer` in a DQBUF event.
@@ -860,23 +994,14 @@ pub fn parse_event(buf: &[u8], used: usize) -> Result<Event, ProtoError> {
         }
         EVT_DQBUF => {
             need(EVENT_DQBUF_SIZE)?;
-            let b = DQBUF_BUFFER_OFFSET;
-            let index = get_u32(buf, b).unwrap_or(0);
-            let buf_type = get_u32(buf, b + 4).unwrap_or(0);
-            // v4l2_buffer.length (offset 72) is the plane count for multi-planar buffers.
-            let num_planes = if buf_type_is_multiplanar(buf_type) {
-                get_u32(buf, b + 72).unwrap_or(0)
-            } else {
-                0
-            };
-            if num_planes as usize > MAX_PLANES {
-                return Err(ProtoError::TooManyPlanes(num_planes));
-            }
+            let short = ProtoError::Short(used, EVENT_DQBUF_SIZE);
+            let b = buf
+                .get(DQBUF_BUFFER_OFFSET..DQBUF_PLANES_OFFSET)
+                .ok_or(short)?;
+            let planes = buf.get(DQBUF_PLANES_OFFSET..).ok_or(short)?;
             Ok(Event::Dqbuf {
                 session_id,
-                index,
-                buf_type,
-                num_planes,
+                buf: Dqbuf::parse(b, planes)?,
             })
         }
         EVT_EVENT => {
@@ -1215,43 +1340,6 @@ pub const fn queue_of(buf_type: u32) -> Option<Queue> {
     }
 }
 
-/// Checks the buffer of a DQBUF event against what the driver knows of the queue:
-/// `num_buffers` allocated. A plane's `bytesused` must fit its `length`, and its
-/// `data_offset` must lie before `bytesused` (videodev2.h's rule for `data_offset`).
-pub fn check_dqbuf(ev: &[u8], num_buffers: u32) -> Result<(), DqbufError> {
-    let b = DQBUF_BUFFER_OFFSET;
-    let index = get_u32(ev, b + buf::INDEX).ok_or(DqbufError::Short)?;
-    let buf_type = get_u32(ev, b + buf::TYPE).ok_or(DqbufError::Short)?;
-    if queue_of(buf_type).is_none() {
-        return Err(DqbufError::BadType(buf_type));
-    }
-    if index >= num_buffers {
-        return Err(DqbufError::BadIndex(index, num_buffers));
-    }
-    if buf_type_is_multiplanar(buf_type) {
-        let n = get_u32(ev, b + buf::LENGTH).ok_or(DqbufError::Short)? as usize;
-        if n == 0 || n > MAX_PLANES {
-            return Err(DqbufError::BadPlanes(n as u32));
-        }
-        for i in 0..n {
-            let p = DQBUF_PLANES_OFFSET + i * plane::SIZE;
-            let used = get_u32(ev, p + plane::BYTESUSED).ok_or(DqbufError::Short)?;
-            let len = get_u32(ev, p + plane::LENGTH).ok_or(DqbufError::Short)?;
-            let off = get_u32(ev, p + plane::DATA_OFFSET).ok_or(DqbufError::Short)?;
-            if used > len || (used > 0 && off >= used) {
-                return Err(DqbufError::BadLength(i as u32, used, len));
-            }
-        }
-    } else {
-        let used = get_u32(ev, b + buf::BYTESUSED).ok_or(DqbufError::Short)?;
-        let len = get_u32(ev, b + buf::LENGTH).ok_or(DqbufError::Short)?;
-        if used > len {
-            return Err(DqbufError::BadLength(0, used, len));
-        }
-    }
-    Ok(())
-}
-
 /// Plane sizes of one buffer, as the device described it in earlier QUERYBUF/QBUF/PREPARE_BUF
 /// answers (bytes; `0` = not known), indexed by plane. Single-planar buffers use entry 0.
 pub type PlaneLengths = [u32; MAX_PLANES];
@@ -1271,23 +1359,6 @@ pub fn buffer_lengths(b: &[u8], planes: &[u8]) -> PlaneLengths {
         out[0] = get_u32(b, buf::LENGTH).unwrap_or(0);
     }
     out
-}
-
-/// Checks that the buffer of a DQBUF event (validated by [`check_dqbuf`]) has the plane sizes
-/// the device gave that buffer before (`known`, 0 = unknown): a device must not return a
-/// buffer larger than the one user space mapped (`bytesused` is already bounded by the
-/// event's own `length`).
-pub fn check_dqbuf_lengths(ev: &[u8], known: &PlaneLengths) -> Result<(), DqbufError> {
-    let got = buffer_lengths(
-        ev.get(DQBUF_BUFFER_OFFSET..).ok_or(DqbufError::Short)?,
-        ev.get(DQBUF_PLANES_OFFSET..).ok_or(DqbufError::Short)?,
-    );
-    for (i, (&g, &k)) in got.iter().zip(known.iter()).enumerate() {
-        if k != 0 && g != k {
-            return Err(DqbufError::LengthChanged(i as u32, g, k));
-        }
-    }
-    Ok(())
 }
 
 /// Why a DQBUF event was refused.

@@ -240,9 +240,15 @@ const MAX_DONE: usize = 64;
 /// Size of a completed buffer as a DQBUF event carries it: `v4l2_buffer` + 8 planes (600).
 const DONE_SIZE: usize = protocol::EVENT_DQBUF_SIZE - protocol::DQBUF_BUFFER_OFFSET;
 
-/// A buffer the device returned (DQBUF event), waiting for user space's DQBUF.
+/// A buffer the device returned (DQBUF event), waiting for user space's DQBUF: the event's
+/// `v4l2_buffer` and planes as the device wrote them (what user space is given) and their
+/// fields as [`protocol::parse_event`] decoded and [`protocol::Dqbuf::check`] validated them
+/// (what the driver uses).
 #[derive(Clone)]
-struct DoneBuf([u8; DONE_SIZE]);
+struct DoneBuf {
+    info: protocol::Dqbuf,
+    bytes: [u8; DONE_SIZE],
+}
 
 /// Completed buffers of one queue, oldest first: a ring of [`MAX_DONE`] slots allocated at
 /// open, so the bottom half never allocates.
@@ -255,7 +261,14 @@ struct DoneRing {
 impl DoneRing {
     fn new() -> Result<Self> {
         Ok(Self {
-            slots: KVVec::from_elem(DoneBuf([0; DONE_SIZE]), MAX_DONE, GFP_KERNEL)?,
+            slots: KVVec::from_elem(
+                DoneBuf {
+                    info: protocol::Dqbuf::default(),
+                    bytes: [0; DONE_SIZE],
+                },
+                MAX_DONE,
+                GFP_KERNEL,
+            )?,
             head: 0,
             len: 0,
         })
@@ -263,8 +276,9 @@ impl DoneRing {
     fn is_empty(&self) -> bool {
         self.len == 0
     }
-    /// Appends a copy of `d`; `false` if the ring is full.
-    fn push(&mut self, d: &[u8]) -> bool {
+    /// Appends the buffer `info` with a copy of its event bytes `d`; `false` if the ring is
+    /// full.
+    fn push(&mut self, info: protocol::Dqbuf, d: &[u8]) -> bool {
         let cap = self.slots.len();
         if self.len == cap || d.len() != DONE_SIZE {
             return false;
@@ -274,7 +288,11 @@ impl DoneRing {
         if i >= cap {
             i -= cap;
         }
-        self.slots[i].0.copy_from_slice(d);
+        let Some(slot) = self.slots.get_mut(i) else {
+            return false;
+        };
+        slot.info = info;
+        slot.bytes.copy_from_slice(d);
         self.len += 1;
         true
     }
@@ -715,17 +733,15 @@ impl Session {
                 self.fail(device_error(errno));
                 self.wake();
             }
-            protocol::Event::Dqbuf { buf_type, .. } => {
-                let Some(q) = protocol::queue_of(buf_type) else {
-                    dev_warn_rl!(dev, "DQBUF event with buffer type {} dropped", buf_type);
+            protocol::Event::Dqbuf { buf: dq, .. } => {
+                let Some(q) = dq.queue() else {
+                    dev_warn_rl!(dev, "DQBUF event with buffer type {} dropped", dq.buf_type);
                     return;
                 };
                 let mut st = self.state.lock();
                 let qs = &mut st.queues[q as usize];
-                let known = protocol::get_u32(buf, protocol::DQBUF_BUFFER_OFFSET)
-                    .and_then(|i| qs.lengths.get(i as usize));
-                let lengths = known.map_or(Ok(()), |k| protocol::check_dqbuf_lengths(buf, k));
-                if let Err(e) = protocol::check_dqbuf(buf, qs.num_buffers).and(lengths) {
+                let known = qs.lengths.get(dq.index as usize);
+                if let Err(e) = dq.check(qs.num_buffers, known) {
                     drop(st);
                     dev_warn_rl!(dev, "session {}: bad DQBUF event dropped: {:?}", self.id, e);
                     return;
@@ -745,7 +761,7 @@ impl Session {
                 let Some(ev) = buf.get(src..src + DONE_SIZE) else {
                     return;
                 };
-                if !qs.done.push(ev) {
+                if !qs.done.push(dq, ev) {
                     drop(st);
                     dev_warn_rl!(dev, "session {}: DQBUF event flood, event dropped", self.id);
                     return;
@@ -886,15 +902,10 @@ impl Session {
                 return Err(EINVAL);
             }
             if let Some(front) = qs.done.front() {
-                let f = &front.0;
-                if protocol::get_u32(f, protocol::buf::TYPE) != Some(buf_type) {
+                if front.info.buf_type != buf_type {
                     return Err(EINVAL);
                 }
-                let n = if protocol::buf_type_is_multiplanar(buf_type) {
-                    protocol::get_u32(f, protocol::buf::LENGTH).unwrap_or(0) as usize
-                } else {
-                    0
-                };
+                let n = front.info.num_planes as usize;
                 if n > user_planes {
                     return Err(EINVAL);
                 }
@@ -902,8 +913,7 @@ impl Session {
                     return Err(EINVAL);
                 };
                 qs.queued = qs.queued.saturating_sub(1);
-                let flags = protocol::get_u32(&d.0, protocol::buf::FLAGS).unwrap_or(0);
-                if flags & protocol::buf::FLAG_LAST != 0 {
+                if d.info.is_last() {
                     qs.last_dequeued = true;
                 }
                 drop(st);
@@ -1383,15 +1393,12 @@ fn copy_done(d: &DoneBuf, b: &mut [u8], planes: &mut [u8], n: usize) {
     let m = protocol::buf::M;
     let mut saved_m = [0u8; 8];
     saved_m.copy_from_slice(&b[m..m + 8]);
-    b.copy_from_slice(&d.0[..protocol::buf::SIZE]);
+    b.copy_from_slice(&d.bytes[..protocol::buf::SIZE]);
     protocol::mask_buffer(b);
-    let multi = protocol::get_u32(b, protocol::buf::TYPE)
-        .map(protocol::buf_type_is_multiplanar)
-        .unwrap_or(false);
-    if multi {
+    if protocol::buf_type_is_multiplanar(d.info.buf_type) {
         b[m..m + 8].copy_from_slice(&saved_m);
         let len = n * protocol::plane::SIZE;
-        planes[..len].copy_from_slice(&d.0[protocol::buf::SIZE..protocol::buf::SIZE + len]);
+        planes[..len].copy_from_slice(&d.bytes[protocol::buf::SIZE..protocol::buf::SIZE + len]);
     }
 }
 

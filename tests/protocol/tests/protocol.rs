@@ -148,12 +148,19 @@ fn dqbuf_event(session: u32, index: u32, ty: u32, length: u32) -> Vec<u8> {
 #[test]
 fn events_are_validated() {
     let e = dqbuf_event(3, 1, 9, 1);
-    assert_eq!(parse_event(&e, 608), Ok(Event::Dqbuf { session_id: 3, index: 1, buf_type: 9, num_planes: 1 }));
+    let dq = |ev: &[u8]| match parse_event(ev, 608) {
+        Ok(Event::Dqbuf { session_id, buf }) => (session_id, buf),
+        other => panic!("not a DQBUF event: {other:?}"),
+    };
+    let (id, b) = dq(&e);
+    assert_eq!((id, b.index, b.buf_type, b.num_planes, b.flags), (3, 1, 9, 1, 0));
     // A DQBUF event shorter than the full struct is rejected even for one plane.
     assert_eq!(parse_event(&e, 200), Err(ProtoError::Short(200, 608)));
     assert_eq!(parse_event(&dqbuf_event(3, 1, 9, 9), 608), Err(ProtoError::TooManyPlanes(9)));
     // Single-planar: length is the buffer size, not a plane count.
-    assert_eq!(parse_event(&dqbuf_event(3, 0, 1, 460800), 608), Ok(Event::Dqbuf { session_id: 3, index: 0, buf_type: 1, num_planes: 0 }));
+    let (_, b) = dq(&dqbuf_event(3, 0, 1, 460800));
+    assert_eq!((b.index, b.buf_type, b.num_planes), (0, 1, 0));
+    assert_eq!(b.lengths(), [460800, 0, 0, 0, 0, 0, 0, 0]);
     assert_eq!(parse_event(&e, 609), Err(ProtoError::Overflow(609, 608)));
     assert_eq!(parse_event(&e, 4), Err(ProtoError::Short(4, 8)));
     let mut err = vec![0u8; 16];
@@ -221,15 +228,19 @@ fn dqbuf_lengths_must_match_the_buffer() {
     let plane0 = 8 + 88;
     e[plane0..plane0 + 4].copy_from_slice(&460800u32.to_le_bytes()); // bytesused
     e[plane0 + 4..plane0 + 8].copy_from_slice(&460800u32.to_le_bytes()); // length
-    assert_eq!(check_dqbuf(&e, 4), Ok(()));
-    assert_eq!(check_dqbuf_lengths(&e, &known), Ok(()));
+    let parsed = |e: &[u8]| match parse_event(e, 608) {
+        Ok(Event::Dqbuf { buf, .. }) => buf,
+        other => panic!("not a DQBUF event: {other:?}"),
+    };
+    assert_eq!(parsed(&e).check(4, Some(&known)), Ok(()));
+    assert_eq!(parsed(&e).lengths(), known);
     // 1 GiB in both: consistent within the event, but not the buffer the device described.
     e[plane0..plane0 + 4].copy_from_slice(&(1u32 << 30).to_le_bytes());
     e[plane0 + 4..plane0 + 8].copy_from_slice(&(1u32 << 30).to_le_bytes());
-    assert_eq!(check_dqbuf(&e, 4), Ok(()));
-    assert_eq!(check_dqbuf_lengths(&e, &known), Err(DqbufError::LengthChanged(0, 1 << 30, 460800)));
+    assert_eq!(parsed(&e).check(4, None), Ok(()));
+    assert_eq!(parsed(&e).check(4, Some(&known)), Err(DqbufError::LengthChanged(0, 1 << 30, 460800)));
     // Unknown sizes (0) are not checked.
-    assert_eq!(check_dqbuf_lengths(&e, &[0; 8]), Ok(()));
+    assert_eq!(parsed(&e).check(4, Some(&[0; 8])), Ok(()));
 }
 
 #[test]
@@ -298,4 +309,44 @@ fn unsupported_features_are_refused_and_masked() {
     assert_eq!(check_request(nr::G_FMT, &mut fmt), Ok(()));
     mask_answer(nr::G_FMT, &mut fmt);
     assert!(fmt.iter().all(|&x| x == 0xff));
+}
+
+#[test]
+fn dqbuf_events_are_checked_against_the_queue() {
+    let parsed = |e: &[u8]| match parse_event(e, 608) {
+        Ok(Event::Dqbuf { buf, .. }) => buf,
+        other => panic!("not a DQBUF event: {other:?}"),
+    };
+    let plane = |e: &mut Vec<u8>, i: usize, used: u32, len: u32, off: u32| {
+        let p = 8 + 88 + i * 64;
+        e[p..p + 4].copy_from_slice(&used.to_le_bytes());
+        e[p + 4..p + 8].copy_from_slice(&len.to_le_bytes());
+        e[p + 16..p + 20].copy_from_slice(&off.to_le_bytes());
+    };
+    // Not a streaming type (VIDEO_OVERLAY), an index beyond the buffers, no planes.
+    assert_eq!(parsed(&dqbuf_event(1, 0, 3, 0)).check(4, None), Err(DqbufError::BadType(3)));
+    assert_eq!(parsed(&dqbuf_event(1, 4, 9, 1)).check(4, None), Err(DqbufError::BadIndex(4, 4)));
+    assert_eq!(parsed(&dqbuf_event(1, 0, 9, 0)).check(4, None), Err(DqbufError::BadPlanes(0)));
+    // Multi-planar: bytesused within length, data_offset before bytesused, per plane.
+    let mut e = dqbuf_event(1, 0, 9, 2);
+    plane(&mut e, 0, 100, 100, 0);
+    plane(&mut e, 1, 51, 50, 0);
+    assert_eq!(parsed(&e).check(4, None), Err(DqbufError::BadLength(1, 51, 50)));
+    plane(&mut e, 1, 50, 50, 50);
+    assert_eq!(parsed(&e).check(4, None), Err(DqbufError::BadLength(1, 50, 50)));
+    plane(&mut e, 1, 50, 50, 10);
+    assert_eq!(parsed(&e).check(4, None), Ok(()));
+    assert_eq!(parsed(&e).lengths(), [100, 50, 0, 0, 0, 0, 0, 0]);
+    // Planes beyond num_planes are not read.
+    plane(&mut e, 2, 9, 1, 0);
+    assert_eq!(parsed(&e).check(4, None), Ok(()));
+    // Single-planar: bytesused within length.
+    let mut s = dqbuf_event(1, 0, 1, 4096);
+    s[16..20].copy_from_slice(&4097u32.to_le_bytes());
+    assert_eq!(parsed(&s).check(4, None), Err(DqbufError::BadLength(0, 4097, 4096)));
+    // The LAST flag.
+    let mut l = dqbuf_event(1, 0, 9, 1);
+    l[20..24].copy_from_slice(&buf::FLAG_LAST.to_le_bytes());
+    assert!(parsed(&l).is_last());
+    assert!(!parsed(&e).is_last());
 }
