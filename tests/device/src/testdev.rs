@@ -13,7 +13,7 @@
 //!
 //! Nothing the driver sends makes the device panic: every problem is an errno.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Result as IoResult;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
@@ -25,7 +25,7 @@ use virtio_media::ioctl::{virtio_media_dispatch_ioctl, IoctlResult, VirtioMediaI
 use virtio_media::memfd::MemFdBuffer;
 use virtio_media::mmap::MmapMappingManager;
 use virtio_media::protocol::{
-    DequeueBufferEvent, SgEntry, V4l2Event, V4l2Ioctl, VIRTIO_MEDIA_MMAP_FLAG_RW,
+    DequeueBufferEvent, SessionEvent, SgEntry, V4l2Event, V4l2Ioctl, VIRTIO_MEDIA_MMAP_FLAG_RW,
 };
 use virtio_media::v4l2r::bindings::{self, v4l2_fmtdesc, v4l2_format, v4l2_requestbuffers};
 use virtio_media::v4l2r::ioctl::{
@@ -485,6 +485,8 @@ pub struct TestDevice<Q: VirtioMediaEventQueue, HM: VirtioMediaHostMemoryMapper>
     /// The "Label" string control ([`LABEL_CID`]) if the profile has it: a payload control
     /// whose value travels through SG lists of guest memory (`ext-control ptr payloads`).
     label: Option<Vec<u8>>,
+    /// Sessions subscribed to `V4L2_EVENT_CTRL` of the label, with their subscription flags.
+    label_subs: BTreeMap<u32, SubscribeEventFlags>,
 }
 
 /// The "Label" string control: a driver-specific id of the user class
@@ -492,8 +494,17 @@ pub struct TestDevice<Q: VirtioMediaEventQueue, HM: VirtioMediaHostMemoryMapper>
 pub const LABEL_CID: u32 = 0x0098_0900 + 0x1100;
 /// Longest label, in characters (the payload is one more, for the NUL).
 pub const LABEL_MAX: u32 = 31;
-/// `V4L2_CTRL_FLAG_NEXT_CTRL | V4L2_CTRL_FLAG_NEXT_COMPOUND`.
-const CTRL_NEXT_FLAGS: u32 = 0x8000_0000 | 0x4000_0000;
+/// `V4L2_CTRL_FLAG_NEXT_CTRL`, `V4L2_CTRL_FLAG_NEXT_COMPOUND`.
+const CTRL_NEXT_CTRL: u32 = 0x8000_0000;
+const CTRL_NEXT_COMPOUND: u32 = 0x4000_0000;
+/// `V4L2_CTRL_ID_MASK`: the id without the flag bits.
+const CTRL_ID_MASK: u32 = 0x0fff_ffff;
+/// `V4L2_CTRL_FLAG_HAS_PAYLOAD`: the value is in memory at `ptr` (strings, arrays, compound).
+const CTRL_FLAG_HAS_PAYLOAD: u32 = 0x0100;
+/// `V4L2_CTRL_CLASS_USER`, the label's class (`V4L2_CTRL_ID2WHICH(LABEL_CID)`).
+const CTRL_CLASS_USER: u32 = 0x0098_0000;
+/// `V4L2_CTRL_TYPE_STRING`.
+const CTRL_TYPE_STRING: u32 = 7;
 
 impl<Q, HM> TestDevice<Q, HM>
 where
@@ -512,6 +523,7 @@ where
             start: Instant::now(),
             last_us: 0,
             label: None,
+            label_subs: BTreeMap::new(),
         }
     }
 
@@ -536,11 +548,15 @@ where
             return writer.write_err_response(libc::EINVAL);
         };
         let raw = u32::from_le_bytes([arg[0], arg[1], arg[2], arg[3]]);
-        let (flags, id) = (raw & CTRL_NEXT_FLAGS, raw & !CTRL_NEXT_FLAGS);
-        let found = if flags != 0 {
-            id < LABEL_CID
-        } else {
-            id == LABEL_CID
+        let id = raw & CTRL_ID_MASK;
+        // As the kernel's v4l2_query_ext_ctrl: NEXT_CTRL alone enumerates the controls that are
+        // not compound, NEXT_COMPOUND alone the compound ones (arrays and types >=
+        // V4L2_CTRL_COMPOUND_TYPES), both every control. A string has a payload but is not
+        // compound, so NEXT_COMPOUND alone never finds the label.
+        let found = match raw & (CTRL_NEXT_CTRL | CTRL_NEXT_COMPOUND) {
+            0 => id == LABEL_CID,
+            CTRL_NEXT_COMPOUND => false,
+            _ => id < LABEL_CID,
         };
         if !found {
             return writer.write_err_response(libc::EINVAL);
@@ -549,29 +565,47 @@ where
         let put32 =
             |o: &mut [u8], at: usize, v: u32| o[at..at + 4].copy_from_slice(&v.to_le_bytes());
         put32(&mut out, 0, LABEL_CID);
-        put32(&mut out, 4, 7); // V4L2_CTRL_TYPE_STRING
+        put32(&mut out, 4, CTRL_TYPE_STRING);
         out[8..13].copy_from_slice(b"Label");
         if ext {
             // minimum 0 (s64), maximum, step 1 (u64), default 0, flags, elem_size, elems 1.
             out[48..56].copy_from_slice(&i64::from(LABEL_MAX).to_le_bytes());
             out[56..64].copy_from_slice(&1u64.to_le_bytes());
-            put32(&mut out, 72, 0x0100); // V4L2_CTRL_FLAG_HAS_PAYLOAD: a string
+            put32(&mut out, 72, CTRL_FLAG_HAS_PAYLOAD);
             put32(&mut out, 76, LABEL_MAX + 1);
             put32(&mut out, 80, 1);
         } else {
+            // minimum 0, maximum, step 1, default 0, flags (the kernel copies them from
+            // QUERY_EXT_CTRL, HAS_PAYLOAD included).
             put32(&mut out, 44, LABEL_MAX);
             put32(&mut out, 48, 1);
+            put32(&mut out, 56, CTRL_FLAG_HAS_PAYLOAD);
         }
         writer.write_response(virtio_media::protocol::RespHeader::ok())?;
         writer.extend_from_slice(&out);
         Ok(())
     }
 
-    /// G/S/TRY_EXT_CTRLS of the label control. The payload of each control with `size > 0`
-    /// is in guest memory described by `regions` (one SG list per such control, in order).
+    /// G/S/TRY_EXT_CTRLS of the label control for session `sid`, as the kernel's control
+    /// framework does them (v4l2-ctrls-api.c). The payload of each control with `size > 0` is
+    /// in guest memory described by `regions` (one SG list per such control, in order).
+    ///
+    /// - `which`: the current value, the user class, or (G only) `V4L2_CTRL_WHICH_DEF_VAL`, the
+    ///   default value: `minimum` (0) spaces, i.e. "". Anything else is `EINVAL`.
+    /// - An unknown id is `EINVAL` with `error_idx` = `count` (G, S) or its index (TRY).
+    /// - G: a `size` below the string's length + 1 is `ENOSPC` with `size` set to the
+    ///   control's `elem_size` (32: the kernel's `ptr_to_user`), `error_idx` its index; on
+    ///   success the string and its NUL are written and `size` is left as the caller set it.
+    /// - S/TRY: `size` 0 is `ERANGE`; at most `maximum + 1` bytes are read and the last one
+    ///   read becomes the NUL (`user_to_new`): a string of more than `maximum` characters is
+    ///   `ERANGE`. TRY writes the value back (the kernel's `new_to_user`; S payloads are
+    ///   pinned read-only by the driver). S of a new value sends `V4L2_EVENT_CTRL`
+    ///   (`CH_VALUE`) to the subscribed sessions, the setter only with `ALLOW_FEEDBACK`.
     fn label_ctrls(
         &mut self,
         op: u8,
+        sid: u32,
+        which: CtrlWhich,
         ctrls: &mut bindings::v4l2_ext_controls,
         ctrl_array: &mut [bindings::v4l2_ext_control],
         regions: Vec<Vec<SgEntry>>,
@@ -579,20 +613,36 @@ where
         let Some(label) = self.label.clone() else {
             return Err(libc::ENOTTY);
         };
+        let count = ctrl_array.len() as u32;
+        let bad_id_idx = |i: usize| if op == b'T' { i as u32 } else { count };
+        let default = match which {
+            CtrlWhich::Current => false,
+            CtrlWhich::Class(c) if c == CTRL_CLASS_USER => false,
+            CtrlWhich::Default if op == b'G' => true,
+            CtrlWhich::Class(_) => {
+                ctrls.error_idx = bad_id_idx(0);
+                return Err(libc::EINVAL);
+            }
+            _ => {
+                ctrls.error_idx = count;
+                return Err(libc::EINVAL);
+            }
+        };
+        if let Some(i) = ctrl_array.iter().position(|c| c.id != LABEL_CID) {
+            ctrls.error_idx = bad_id_idx(i);
+            return Err(libc::EINVAL);
+        }
         let mut regions = regions.into_iter();
         let mut new_label = None;
         for (i, c) in ctrl_array.iter_mut().enumerate() {
             let sgs = if c.size > 0 { regions.next() } else { None };
-            if c.id != LABEL_CID {
-                ctrls.error_idx = i as u32;
-                return Err(libc::EINVAL);
-            }
+            ctrls.error_idx = i as u32;
             match op {
                 b'G' => {
-                    let needed = label.len() as u32 + 1;
+                    let value: &[u8] = if default { b"" } else { &label };
+                    let needed = value.len() as u32 + 1;
                     if c.size < needed {
-                        c.size = needed;
-                        ctrls.error_idx = i as u32;
+                        c.size = LABEL_MAX + 1;
                         return Err(libc::ENOSPC);
                     }
                     let sgs = sgs.ok_or(libc::EFAULT)?;
@@ -601,27 +651,94 @@ where
                         .data_mut()
                         .get_mut(..needed as usize)
                         .ok_or(libc::EFAULT)?;
-                    dst[..label.len()].copy_from_slice(&label);
-                    dst[label.len()] = 0;
+                    dst[..value.len()].copy_from_slice(value);
+                    dst[value.len()] = 0;
                 }
                 _ => {
-                    let sgs = sgs.ok_or(libc::EINVAL)?;
-                    let m = self.guest.new_mapping(sgs).map_err(|_| libc::EFAULT)?;
-                    let data = m.data();
-                    let len = data.iter().position(|&b| b == 0).ok_or(libc::EINVAL)?;
-                    if len as u32 > LABEL_MAX {
-                        ctrls.error_idx = i as u32;
+                    if c.size == 0 {
                         return Err(libc::ERANGE);
+                    }
+                    let size = c.size.min(LABEL_MAX + 1) as usize;
+                    let sgs = sgs.ok_or(libc::EFAULT)?;
+                    let mut m = self.guest.new_mapping(sgs).map_err(|_| libc::EFAULT)?;
+                    let mut data = m.data().get(..size).ok_or(libc::EFAULT)?.to_vec();
+                    let last = data[size - 1];
+                    data[size - 1] = 0;
+                    let len = data.iter().position(|&b| b == 0).unwrap_or(size - 1);
+                    if len as u32 == LABEL_MAX && last != 0 {
+                        return Err(libc::ERANGE);
+                    }
+                    if op == b'T' {
+                        if let Some(dst) = m.data_mut().get_mut(..=len) {
+                            dst.copy_from_slice(&data[..=len]);
+                        }
                     }
                     new_label = Some(data[..len].to_vec());
                 }
             }
         }
+        ctrls.error_idx = count;
         if op == b'S' {
-            if let Some(l) = new_label {
+            if let Some(l) = new_label.filter(|l| *l != label) {
                 info!("label control set to {:?}", String::from_utf8_lossy(&l));
                 self.label = Some(l);
+                let to: Vec<u32> = self
+                    .label_subs
+                    .iter()
+                    .filter(|(s, f)| **s != sid || f.contains(SubscribeEventFlags::ALLOW_FEEDBACK))
+                    .map(|(s, _)| *s)
+                    .collect();
+                for s in to {
+                    self.send_label_event(s, bindings::V4L2_EVENT_CTRL_CH_VALUE);
+                }
             }
+        }
+        Ok(())
+    }
+
+    /// A `V4L2_EVENT_CTRL` of the label for session `sid`, filled as the kernel's
+    /// `fill_event`: type, flags (HAS_PAYLOAD), range; `value64` 0 for a payload control.
+    fn send_label_event(&mut self, sid: u32, changes: u32) {
+        let mut ev = bindings::v4l2_event {
+            type_: bindings::V4L2_EVENT_CTRL,
+            id: LABEL_CID,
+            ..Default::default()
+        };
+        // SAFETY: `ctrl` is the union member of V4L2_EVENT_CTRL; every bit pattern is valid.
+        let c = unsafe { &mut ev.u.ctrl };
+        c.changes = changes;
+        c.type_ = CTRL_TYPE_STRING;
+        c.flags = CTRL_FLAG_HAS_PAYLOAD;
+        c.minimum = 0;
+        c.maximum = LABEL_MAX as i32;
+        c.step = 1;
+        c.default_value = 0;
+        self.evt
+            .send_event(V4l2Event::Event(SessionEvent::new(sid, ev)));
+    }
+
+    /// SUBSCRIBE_EVENT `V4L2_EVENT_CTRL` of control `id` (the kernel's `v4l2_ctrl_add_event`):
+    /// `EINVAL` for a control the device does not have; `SEND_INITIAL` queues an event with
+    /// `CH_VALUE | CH_FLAGS` before the answer. Subscribing again changes nothing (as
+    /// `v4l2_event_subscribe`: no second initial event).
+    fn subscribe_label(
+        &mut self,
+        sid: u32,
+        id: u32,
+        flags: SubscribeEventFlags,
+    ) -> IoctlResult<()> {
+        if self.label.is_none() || id != LABEL_CID {
+            return Err(libc::EINVAL);
+        }
+        if self.label_subs.contains_key(&sid) {
+            return Ok(());
+        }
+        self.label_subs.insert(sid, flags);
+        if flags.contains(SubscribeEventFlags::SEND_INITIAL) {
+            self.send_label_event(
+                sid,
+                bindings::V4L2_EVENT_CTRL_CH_VALUE | bindings::V4L2_EVENT_CTRL_CH_FLAGS,
+            );
         }
         Ok(())
     }
@@ -1203,6 +1320,7 @@ where
         if self.owner == Some(s.id) {
             self.owner = None;
         }
+        self.label_subs.remove(&s.id);
         for q in [s.capture.take(), s.output.take()].into_iter().flatten() {
             let mut q = q;
             self.unregister(&mut q);
@@ -1222,7 +1340,7 @@ where
         match ioctl {
             // The crate's dispatcher unwraps the event type and flags (quirks.rs).
             V4l2Ioctl::VIDIOC_SUBSCRIBE_EVENT
-                if self.is_decoder()
+                if (self.is_decoder() || self.label.is_some())
                     && crate::quirks::subscription_panics_crate(
                         reader
                             .get_ref()
@@ -1232,9 +1350,9 @@ where
             {
                 writer.write_err_response(libc::EINVAL)
             }
-            // No events but the decoder's.
+            // No events but the decoder's and the label's.
             V4l2Ioctl::VIDIOC_SUBSCRIBE_EVENT | V4l2Ioctl::VIDIOC_UNSUBSCRIBE_EVENT
-                if !self.is_decoder() =>
+                if !self.is_decoder() && self.label.is_none() =>
             {
                 writer.write_err_response(libc::ENOTTY)
             }
@@ -1298,37 +1416,60 @@ where
 {
     type Session = TestSession;
 
+    /// VIDIOC_G_CTRL/S_CTRL: the label is a string, which the kernel refuses with `EINVAL`
+    /// there (`v4l2_g_ctrl`/`v4l2_s_ctrl`: only integer-valued controls), as any unknown id.
+    fn g_ctrl(&mut self, _s: &TestSession, _id: u32) -> IoctlResult<bindings::v4l2_control> {
+        Err(if self.label.is_some() {
+            libc::EINVAL
+        } else {
+            libc::ENOTTY
+        })
+    }
+
+    fn s_ctrl(
+        &mut self,
+        _s: &mut TestSession,
+        _id: u32,
+        _value: i32,
+    ) -> IoctlResult<bindings::v4l2_control> {
+        Err(if self.label.is_some() {
+            libc::EINVAL
+        } else {
+            libc::ENOTTY
+        })
+    }
+
     fn g_ext_ctrls(
         &mut self,
-        _s: &TestSession,
-        _which: CtrlWhich,
+        s: &TestSession,
+        which: CtrlWhich,
         ctrls: &mut bindings::v4l2_ext_controls,
         ctrl_array: &mut Vec<bindings::v4l2_ext_control>,
         regions: Vec<Vec<SgEntry>>,
     ) -> IoctlResult<()> {
-        self.label_ctrls(b'G', ctrls, ctrl_array, regions)
+        self.label_ctrls(b'G', s.id, which, ctrls, ctrl_array, regions)
     }
 
     fn s_ext_ctrls(
         &mut self,
-        _s: &mut TestSession,
-        _which: CtrlWhich,
+        s: &mut TestSession,
+        which: CtrlWhich,
         ctrls: &mut bindings::v4l2_ext_controls,
         ctrl_array: &mut Vec<bindings::v4l2_ext_control>,
         regions: Vec<Vec<SgEntry>>,
     ) -> IoctlResult<()> {
-        self.label_ctrls(b'S', ctrls, ctrl_array, regions)
+        self.label_ctrls(b'S', s.id, which, ctrls, ctrl_array, regions)
     }
 
     fn try_ext_ctrls(
         &mut self,
-        _s: &TestSession,
-        _which: CtrlWhich,
+        s: &TestSession,
+        which: CtrlWhich,
         ctrls: &mut bindings::v4l2_ext_controls,
         ctrl_array: &mut Vec<bindings::v4l2_ext_control>,
         regions: Vec<Vec<SgEntry>>,
     ) -> IoctlResult<()> {
-        self.label_ctrls(b'T', ctrls, ctrl_array, regions)
+        self.label_ctrls(b'T', s.id, which, ctrls, ctrl_array, regions)
     }
 
     fn enum_fmt(&mut self, s: &TestSession, t: QueueType, index: u32) -> IoctlResult<v4l2_fmtdesc> {
@@ -1771,9 +1912,19 @@ where
         &mut self,
         s: &mut TestSession,
         event: EventType,
-        _flags: SubscribeEventFlags,
+        flags: SubscribeEventFlags,
     ) -> IoctlResult<()> {
-        let codec = s.codec.as_mut().ok_or(libc::ENOTTY)?;
+        if let EventType::Ctrl(id) = event {
+            return self.subscribe_label(s.id, id, flags);
+        }
+        let Some(codec) = s.codec.as_mut() else {
+            // A device with controls has SUBSCRIBE_EVENT, for them only.
+            return Err(if self.label.is_some() {
+                libc::EINVAL
+            } else {
+                libc::ENOTTY
+            });
+        };
         match event {
             EventType::SourceChange(0) => codec.subscription(decoder::EVENT_SOURCE_CHANGE, true),
             EventType::Eos => codec.subscription(decoder::EVENT_EOS, true),
@@ -1786,7 +1937,22 @@ where
         s: &mut TestSession,
         event: bindings::v4l2_event_subscription,
     ) -> IoctlResult<()> {
-        let codec = s.codec.as_mut().ok_or(libc::ENOTTY)?;
+        // As v4l2_event_unsubscribe: removing what is not subscribed succeeds.
+        if event.type_ == bindings::V4L2_EVENT_ALL
+            || (event.type_ == bindings::V4L2_EVENT_CTRL && event.id == LABEL_CID)
+        {
+            self.label_subs.remove(&s.id);
+        }
+        if event.type_ == bindings::V4L2_EVENT_CTRL && self.label.is_some() {
+            return Ok(());
+        }
+        let Some(codec) = s.codec.as_mut() else {
+            return if self.label.is_some() {
+                Ok(())
+            } else {
+                Err(libc::ENOTTY)
+            };
+        };
         codec.subscription(event.type_, false)
     }
 
@@ -2111,5 +2277,321 @@ mod tests {
         assert_eq!(layout(b"YM12", 320, 240).unwrap().len(), 3);
         assert_eq!(layout(b"YUYV", 320, 240).unwrap()[0].sizeimage, 153600);
         assert!(layout(b"XXXX", 320, 240).is_none());
+    }
+
+    /// Records every V4L2 event sent: (session, `v4l2_event` bytes).
+    #[derive(Clone, Default)]
+    struct Recorded(Arc<Mutex<Vec<(u32, Vec<u8>)>>>);
+    impl VirtioMediaEventQueue for Recorded {
+        fn send_event(&mut self, event: V4l2Event) {
+            if let V4l2Event::Event(e) = event {
+                // SAFETY: `SessionEvent` is a repr(C) header (event, session_id) followed by
+                // the `v4l2_event`, plain data with no padding before it.
+                let b = unsafe {
+                    std::slice::from_raw_parts(
+                        (&raw const e).cast::<u8>(),
+                        std::mem::size_of::<SessionEvent>(),
+                    )
+                };
+                let sid = u32::from_le_bytes(b[4..8].try_into().unwrap());
+                self.0.lock().unwrap().push((sid, b[8..].to_vec()));
+            }
+        }
+    }
+
+    type LabelDev = TestDevice<Recorded, NoShm>;
+
+    fn label_setup() -> (
+        LabelDev,
+        TestSession,
+        Recorded,
+        GuestMemoryAtomic<GuestMemoryMmap>,
+    ) {
+        let mem = GuestMemoryAtomic::new(
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 16)]).unwrap(),
+        );
+        let spec = Spec {
+            kind: Kind::Capture,
+            mplane: false,
+            formats: YUYV,
+            sizes: TINY,
+        };
+        let ev = Recorded::default();
+        let mut dev = TestDevice::new(spec, ev.clone(), NoShm, GuestMapper::new(mem.clone()))
+            .with_label("virtio-media");
+        let s = <LabelDev as VirtioMediaDevice<CmdReader, CmdWriter>>::new_session(&mut dev, 1)
+            .unwrap();
+        (dev, s, ev, mem)
+    }
+
+    /// QUERY_EXT_CTRL (`ext`) or QUERYCTRL with `id` (flags included): (errno, payload).
+    fn query(dev: &mut LabelDev, s: &mut TestSession, ext: bool, id: u32) -> (u32, Vec<u8>) {
+        let size = if ext { 232 } else { 68 };
+        let mut arg = vec![0xffu8; size];
+        arg[0..4].copy_from_slice(&id.to_le_bytes());
+        let mut reader = std::io::Cursor::new(arg);
+        let mut writer = Vec::new();
+        let ioctl = if ext {
+            V4l2Ioctl::VIDIOC_QUERY_EXT_CTRL
+        } else {
+            V4l2Ioctl::VIDIOC_QUERYCTRL
+        };
+        <LabelDev as VirtioMediaDevice<CmdReader, CmdWriter>>::do_ioctl(
+            dev,
+            s,
+            ioctl,
+            &mut reader,
+            &mut writer,
+        )
+        .unwrap();
+        let status = u32::from_le_bytes(writer[0..4].try_into().unwrap());
+        (status, writer[8..].to_vec())
+    }
+
+    fn u32_at(b: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+    }
+
+    #[test]
+    fn label_enumeration_follows_the_kernel() {
+        let (mut dev, mut s, _, _) = label_setup();
+        // NEXT_CTRL alone and both flags find the string; NEXT_COMPOUND alone does not (a
+        // string is not compound).
+        for flags in [CTRL_NEXT_CTRL, CTRL_NEXT_CTRL | CTRL_NEXT_COMPOUND] {
+            let (st, q) = query(&mut dev, &mut s, true, flags);
+            assert_eq!((st, u32_at(&q, 0), u32_at(&q, 4)), (0, LABEL_CID, 7));
+            assert_eq!(
+                (u32_at(&q, 72), u32_at(&q, 76), u32_at(&q, 80)),
+                (0x100, 32, 1)
+            );
+            assert_eq!(
+                query(&mut dev, &mut s, true, flags | LABEL_CID).0,
+                libc::EINVAL as u32
+            );
+            let (st, q) = query(&mut dev, &mut s, false, flags);
+            assert_eq!(
+                (st, u32_at(&q, 0), u32_at(&q, 44), u32_at(&q, 56)),
+                (0, LABEL_CID, 31, 0x100)
+            );
+        }
+        for ext in [true, false] {
+            assert_eq!(
+                query(&mut dev, &mut s, ext, CTRL_NEXT_COMPOUND).0,
+                libc::EINVAL as u32
+            );
+            assert_eq!(query(&mut dev, &mut s, ext, LABEL_CID).0, 0);
+            assert_eq!(
+                query(&mut dev, &mut s, ext, LABEL_CID + 1).0,
+                libc::EINVAL as u32
+            );
+        }
+        // G/S_CTRL of a string: EINVAL, as v4l2_g_ctrl/v4l2_s_ctrl.
+        assert_eq!(dev.g_ctrl(&s, LABEL_CID).err(), Some(libc::EINVAL));
+        assert_eq!(dev.s_ctrl(&mut s, LABEL_CID, 0).err(), Some(libc::EINVAL));
+    }
+
+    fn ext_ctrl(id: u32, size: u32) -> bindings::v4l2_ext_control {
+        bindings::v4l2_ext_control {
+            id,
+            size,
+            ..Default::default()
+        }
+    }
+
+    fn read_str(mem: &GuestMemoryAtomic<GuestMemoryMmap>, at: u64) -> String {
+        let mut b = [0u8; 32];
+        mem.memory().read_slice(&mut b, GuestAddress(at)).unwrap();
+        let n = b.iter().position(|&c| c == 0).unwrap_or(32);
+        String::from_utf8_lossy(&b[..n]).into_owned()
+    }
+
+    #[test]
+    fn label_ext_ctrls_sizes_and_error_indices() {
+        let (mut dev, mut s, _, mem) = label_setup();
+        let mut cs = bindings::v4l2_ext_controls::default();
+        // Too small: ENOSPC, size = elem_size (not the string's length + 1), error_idx 0.
+        let mut a = vec![ext_ctrl(LABEL_CID, 0)];
+        let r = dev.g_ext_ctrls(
+            &s,
+            CtrlWhich::Class(CTRL_CLASS_USER),
+            &mut cs,
+            &mut a,
+            vec![],
+        );
+        assert_eq!(
+            (r.err(), a[0].size, cs.error_idx),
+            (Some(libc::ENOSPC), 32, 0)
+        );
+        let mut a = vec![ext_ctrl(LABEL_CID, 4)];
+        let r = dev.g_ext_ctrls(
+            &s,
+            CtrlWhich::Current,
+            &mut cs,
+            &mut a,
+            vec![vec![sg(0x1000, 4)]],
+        );
+        assert_eq!((r.err(), a[0].size), (Some(libc::ENOSPC), 32));
+        // Big enough: the value, size left as set.
+        let mut a = vec![ext_ctrl(LABEL_CID, 32)];
+        dev.g_ext_ctrls(
+            &s,
+            CtrlWhich::Current,
+            &mut cs,
+            &mut a,
+            vec![vec![sg(0x1000, 32)]],
+        )
+        .unwrap();
+        assert_eq!(
+            (a[0].size, read_str(&mem, 0x1000)),
+            (32, "virtio-media".into())
+        );
+        // The default value: "" (minimum 0 spaces).
+        dev.g_ext_ctrls(
+            &s,
+            CtrlWhich::Default,
+            &mut cs,
+            &mut a,
+            vec![vec![sg(0x1000, 32)]],
+        )
+        .unwrap();
+        assert_eq!(read_str(&mem, 0x1000), "");
+        // Unknown id: EINVAL, error_idx = count for G and S, the index for TRY.
+        for (op, idx) in [(b'G', 1), (b'S', 1), (b'T', 0)] {
+            let mut a = vec![ext_ctrl(0, 0)];
+            let r = dev.label_ctrls(op, s.id, CtrlWhich::Current, &mut cs, &mut a, vec![]);
+            assert_eq!((r.err(), cs.error_idx), (Some(libc::EINVAL), idx), "{op}");
+        }
+        // S: size 0 is ERANGE; more than 31 characters ERANGE; without a NUL the last byte
+        // read is dropped (as the kernel's user_to_new).
+        let mut a = vec![ext_ctrl(LABEL_CID, 0)];
+        let r = dev.s_ext_ctrls(&mut s, CtrlWhich::Current, &mut cs, &mut a, vec![]);
+        assert_eq!(r.err(), Some(libc::ERANGE));
+        mem.memory()
+            .write_slice(&[b'x'; 40], GuestAddress(0x2000))
+            .unwrap();
+        let mut a = vec![ext_ctrl(LABEL_CID, 40)];
+        let r = dev.s_ext_ctrls(
+            &mut s,
+            CtrlWhich::Current,
+            &mut cs,
+            &mut a,
+            vec![vec![sg(0x2000, 40)]],
+        );
+        assert_eq!(r.err(), Some(libc::ERANGE));
+        mem.memory()
+            .write_slice(b"hello", GuestAddress(0x2000))
+            .unwrap();
+        let mut a = vec![ext_ctrl(LABEL_CID, 5)];
+        dev.try_ext_ctrls(
+            &s,
+            CtrlWhich::Current,
+            &mut cs,
+            &mut a,
+            vec![vec![sg(0x2000, 5)]],
+        )
+        .unwrap();
+        assert_eq!(read_str(&mem, 0x2000), "hell");
+        assert_eq!(dev.label.as_deref(), Some(&b"virtio-media"[..]));
+        let r = dev.s_ext_ctrls(
+            &mut s,
+            CtrlWhich::Default,
+            &mut cs,
+            &mut a,
+            vec![vec![sg(0x2000, 5)]],
+        );
+        assert_eq!((r.err(), cs.error_idx), (Some(libc::EINVAL), 1));
+        dev.s_ext_ctrls(
+            &mut s,
+            CtrlWhich::Current,
+            &mut cs,
+            &mut a,
+            vec![vec![sg(0x2000, 5)]],
+        )
+        .unwrap();
+        assert_eq!(dev.label.as_deref(), Some(&b"hell"[..]));
+    }
+
+    #[test]
+    fn label_events() {
+        let (mut dev, mut s, ev, mem) = label_setup();
+        let mut other =
+            <LabelDev as VirtioMediaDevice<CmdReader, CmdWriter>>::new_session(&mut dev, 2)
+                .unwrap();
+        let initial = SubscribeEventFlags::SEND_INITIAL;
+        assert_eq!(
+            dev.subscribe_event(&mut s, EventType::Ctrl(LABEL_CID + 1), initial)
+                .err(),
+            Some(libc::EINVAL)
+        );
+        assert_eq!(
+            dev.subscribe_event(&mut s, EventType::Eos, initial).err(),
+            Some(libc::EINVAL)
+        );
+        // SEND_INITIAL: one event at once, CH_VALUE | CH_FLAGS, as the kernel fills it.
+        dev.subscribe_event(&mut s, EventType::Ctrl(LABEL_CID), initial)
+            .unwrap();
+        dev.subscribe_event(&mut s, EventType::Ctrl(LABEL_CID), initial)
+            .unwrap();
+        dev.subscribe_event(
+            &mut other,
+            EventType::Ctrl(LABEL_CID),
+            SubscribeEventFlags::empty(),
+        )
+        .unwrap();
+        {
+            let got = ev.0.lock().unwrap();
+            assert_eq!(got.len(), 1);
+            let (sid, e) = &got[0];
+            assert_eq!(
+                (*sid, u32_at(e, 0), u32_at(e, 96)),
+                (1, bindings::V4L2_EVENT_CTRL, LABEL_CID)
+            );
+            // changes, type, flags, minimum, maximum, step, default.
+            let ctrl: Vec<u32> = [8, 12, 24, 28, 32, 36, 40]
+                .iter()
+                .map(|&o| u32_at(e, o))
+                .collect();
+            assert_eq!(ctrl, vec![3, 7, 0x100, 0, 31, 1, 0]);
+        }
+        // A new value from session 1: an event for session 2 only (no ALLOW_FEEDBACK).
+        mem.memory()
+            .write_slice(b"new\0", GuestAddress(0x2000))
+            .unwrap();
+        let mut cs = bindings::v4l2_ext_controls::default();
+        let mut a = vec![ext_ctrl(LABEL_CID, 4)];
+        dev.s_ext_ctrls(
+            &mut s,
+            CtrlWhich::Current,
+            &mut cs,
+            &mut a,
+            vec![vec![sg(0x2000, 4)]],
+        )
+        .unwrap();
+        // The same value again: no event.
+        dev.s_ext_ctrls(
+            &mut s,
+            CtrlWhich::Current,
+            &mut cs,
+            &mut a,
+            vec![vec![sg(0x2000, 4)]],
+        )
+        .unwrap();
+        {
+            let got = ev.0.lock().unwrap();
+            assert_eq!(got.len(), 2);
+            assert_eq!(
+                (got[1].0, u32_at(&got[1].1, 8)),
+                (2, bindings::V4L2_EVENT_CTRL_CH_VALUE)
+            );
+        }
+        let sub = bindings::v4l2_event_subscription {
+            type_: bindings::V4L2_EVENT_CTRL,
+            id: LABEL_CID,
+            ..Default::default()
+        };
+        dev.unsubscribe_event(&mut other, sub).unwrap();
+        dev.unsubscribe_event(&mut other, sub).unwrap();
+        <LabelDev as VirtioMediaDevice<CmdReader, CmdWriter>>::close_session(&mut dev, s);
+        assert!(dev.label_subs.is_empty());
     }
 }
