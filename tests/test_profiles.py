@@ -188,8 +188,10 @@ def test_string_control_payload_goes_through_sg_lists(jobs):
     assert "qec 0x981a00 7 0x100 32" in lines, j.stdout
     # Read into a 32-byte user buffer: the device wrote the value into the pinned pages.
     assert "get 32 0 32 'virtio-media'" in lines, j.stdout
-    # Too small: ENOSPC (28) and the size needed (12 characters + NUL), nothing written.
-    assert "get 4 28 13 ''" in lines, j.stdout
+    # Too small: ENOSPC (28), nothing written, and `size` set to the control's elem_size (32),
+    # as the kernel's control framework does for strings (ptr_to_user) and v4l2-compliance
+    # requires, not to the string's length + 1.
+    assert "get 4 28 32 ''" in lines, j.stdout
     # An unmapped pointer cannot be pinned: EFAULT (14) before the device sees anything.
     assert "badptr 14" in lines, j.stdout
     # S_EXT_CTRLS sent the new string from user memory; a new session reads it back.
