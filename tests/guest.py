@@ -80,6 +80,13 @@ SPLAT_BENIGN = [
     r"RCU lockdep checking is enabled",
 ]
 
+# The QEMU front end of each virtio-media device: "media" = vhost-user-media-pci, the model of
+# QEMU's own virtio-media device (scripts/qemu/0003-*.patch, Documentation/qemu.md); "generic" =
+# vhost-user-device-pci with virtio-id=48 (the rig's first front end).
+QEMU_DEVICE = os.environ.get("VMRS_QEMU_DEVICE", "media")
+# backend="generic:B": backend B behind the generic front end whatever QEMU_DEVICE says (a
+# backend without shared memory region 0, which vhost-user-media-pci refuses at realize).
+GENERIC_PREFIX = "generic:"
 BOOT_TIMEOUT = int(os.environ.get("VMRS_BOOT_TIMEOUT", "240"))  # s, boot + setup + teardown
 RUNS_ROOT = Path(os.environ.get("VMRS_RUNS", "/tmp/vmrs-runs"))
 KEEP_RUNS = 20
@@ -160,6 +167,7 @@ def ensure_vmrs_device() -> Path:
 
 def backend_command(backend: str, sock: Path, art: "Artifacts") -> list:
     """The command line of the vhost-user backend process for `backend`."""
+    backend = backend.removeprefix(GENERIC_PREFIX)
     if backend.startswith(VMRS_PREFIX):
         profile, *opts = backend[len(VMRS_PREFIX):].split(":")
         extra = []
@@ -488,10 +496,13 @@ class Guest:
         ]
         for i in range(len(self.backends)):
             sock = self.sock_dir / self.device_file(i, "sock")
-            args += ["-chardev", f"socket,id=c{i},path={_q(sock)}",
-                     "-device", f"vhost-user-device-pci,id={self.device_id(i)},chardev=c{i},"
-                                f"virtio-id=48,num_vqs=2,config_size=40,"
-                                f"addr={DEVICE_SLOT0 + i:#x}"]
+            media = QEMU_DEVICE == "media" and not self.backends[i].startswith(GENERIC_PREFIX)
+            args += ["-chardev", f"socket,id=c{i},path={_q(sock)}", "-device",
+                     (f"vhost-user-media-pci,id={self.device_id(i)},chardev=c{i},"
+                      if media else
+                      f"vhost-user-device-pci,id={self.device_id(i)},chardev=c{i},"
+                      "virtio-id=48,num_vqs=2,config_size=40,")
+                     + f"addr={DEVICE_SLOT0 + i:#x}"]
         args += self.extra_qemu_args
         (run / "qemu.cmd").write_text(" ".join(f"'{a}'" if " " in a else a for a in args) + "\n")
         self.t_start = time.monotonic()

@@ -54,7 +54,9 @@ JOBS = [
      "/tmp/ffmpeg.yuv && cp /tmp/ffmpeg.yuv $VMRS_JOB_OUT/ && echo done"),
     ("compliance-1.22", BACKEND, f"{totals.command('1.22')} -d $VMRS_DEV -s 2>&1"),
     ("compliance-1.32", BACKEND, f"{totals.command('1.32')} -d $VMRS_DEV -s 2>&1"),
-    ("noshm", "vmrs:capture-mplane-noshm", f"python3 - <<'EOF'\n{NOSHM_SCRIPT}\nEOF"),
+    # vhost-user-media-pci (like upstream's) refuses a backend without shared memory region 0 at
+    # realize: this device needs the generic front end.
+    ("noshm", "generic:vmrs:capture-mplane-noshm", f"python3 - <<'EOF'\n{NOSHM_SCRIPT}\nEOF"),
 ]
 
 
@@ -109,7 +111,8 @@ def test_v4l2_compliance_streaming_is_clean(jobs, tool):
     j = jobs[f"compliance-{tool}"]
     j.check()
     totals.assert_clean(j.stdout, tool, "capture-mplane -s")
-    assert "test MMAP (select): OK" in j.stdout and "test MMAP (epoll): OK" in j.stdout
+    assert re.search(r"test MMAP \(select[^)]*\): OK", j.stdout), j.stdout[-3000:]
+    assert re.search(r"test MMAP \(epoll[^)]*\): OK", j.stdout), j.stdout[-3000:]
 
 
 def test_mmap_without_shm_region_fails_cleanly(jobs):

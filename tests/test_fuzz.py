@@ -4,16 +4,16 @@ directions, hostile pointers, random mmap/munmap/mremap, several processes that 
 fork, exit and get killed concurrently. No splat, no leak (kmemleak), no hang, and the node still
 works and the module unloads afterwards.
 
-Also the minimized reproducers of what the fuzzer found, as regression tests, and two runs with
-allocation failures injected (failslab and fail_page_alloc, only into the job's own tasks:
-task-filter + /proc/self/make-it-fail): a fuzzer run and a decode, which must end with errnos
-only (no splat, no leak, no unexpected driver warning), the device working afterwards.
+Also the minimized reproducers of what the fuzzer found, as regression tests. (Runs with
+allocation failures injected into the test's tasks are not here: with the guest's root on 9p, a
+failed allocation in a marked task's 9p request leaves the 9p client returning EINVAL to every
+later exec in the guest; see the closing note of issue 9 and Documentation/fuzzing.md.)
 
 Everything shares ONE guest boot with kmemleak on (tests/batch.py), one device per job; after a
 fuzzer job the module is unloaded (a leaked reference would make rmmod fail) and loaded again.
-kmemleak only sees leaks whose last reference is gone: the codec-classification session that
-probe leaked (issue 9) stayed referenced from the device's session tree until unbind, and this
-boot never unbound a decoder before its scan; the rmmods here now do.
+The codec-classification session leak (issue 9) is not this file's to find: one rmmod left
+kmemleak silent on the unfixed driver (a stale copy of the last pointer stays in scanned
+memory); tests/test_review.py cycles unbind/bind 20 times for it.
 """
 import json
 import re
@@ -229,26 +229,9 @@ def test_close_killed_process_waits_for_the_device(jobs):
     assert "CLOSE of session" not in res.dmesg, res.dmesg
 
 
-# Allocation failures (CONFIG_FAILSLAB, CONFIG_FAIL_PAGE_ALLOC; Documentation/fault-injection):
-# only tasks with /proc/<pid>/make-it-fail = 1 (task-filter), GFP_KERNEL allocations too
-# (ignore-gfp-wait N), PERCENT % of them, silently (verbose 0: no stack per failure).
-def inject(percent):
-    return "".join(
-        f"echo {v} > /sys/kernel/debug/{f}/{k}; "
-        for f in ("failslab", "fail_page_alloc")
-        for k, v in (("task-filter", "Y"), ("ignore-gfp-wait", "N"), ("probability", percent),
-                     ("interval", 1), ("times", TIMES), ("verbose", 0), ("space", 0)))
-
-
-# `times` counts down with every failure injected: what is left afterwards says how many.
-TIMES = 1000000
-NOINJECT = "".join(f"echo 0 > /sys/kernel/debug/{f}/probability; "
-                   f"echo {f}-injected $(({TIMES} - $(cat /sys/kernel/debug/{f}/times))); "
-                   for f in ("failslab", "fail_page_alloc"))
-INJECT_PERCENT = 3
-FAILING = f"python3 {REPO}/tests/guest_tools/failing.py"
-FUZZ_PY = f"{REPO}/tests/guest_tools/fuzz.py"
-SEQ_PY = f"{REPO}/tests/guest_tools/decoder_seq.py"
+# vhost-device-media 0.1.1 answers some fuzzed QBUFs with a buffer of another type, memory or
+# plane count than the one queued (the device's bug); the driver refuses the answer and says so.
+EXPECTED = {"fuzz-simple": [r"ioctl 15: device changed the buffer's type/memory/planes"]}
 
 
 def _jobs():
@@ -271,18 +254,6 @@ def _jobs():
         ("subscribe", "vmrs:capture-mplane", f"python3 - <<'EOF'\n{SUBSCRIBE_BOGUS}\nEOF", 120),
         ("zero-planes", "vmrs:capture-mplane", f"python3 - <<'EOF'\n{ZERO_PLANES}\nEOF", 120),
         ("close-kill", "vmrs:capture-mplane", f"python3 - <<'EOF'\n{CLOSE_KILL}\nEOF", 300),
-        # The fuzzer with allocation failures, then (injection off) a stream of 5 frames.
-        ("failslab-fuzz", "vmrs:capture-mplane",
-         f"{inject(INJECT_PERCENT)}{FAILING} {FUZZ_PY} --dev $VMRS_DEV --seed {SEED + 1} "
-         "--cases 1500 --max-seconds 900 > $VMRS_JOB_OUT/fuzz.out 2>&1; "
-         f"echo fuzz-exit $?; {NOINJECT}"
-         "v4l2-ctl -d $VMRS_DEV --stream-mmap --stream-count=5 --stream-to=/tmp/s.yuv; "
-         "echo \"stream-exit $? $(stat -c %s /tmp/s.yuv)\"", 1000),
-        # A decode with allocation failures, then (injection off) a bit-exact decode.
-        ("failslab-decode", "vmrs:decoder",
-         f"{inject(INJECT_PERCENT)}{FAILING} {SEQ_PY} $VMRS_DEV {clip.path} --passes 1 "
-         f"> $VMRS_JOB_OUT/faulty.json 2>&1; echo faulty-exit $?; {NOINJECT}"
-         f"{seq} > $VMRS_JOB_OUT/seq.json; echo seq-exit $?", 600),
     ]
 
 
@@ -292,44 +263,6 @@ def jobs():
     b = Batch([backend for _, backend, _, _ in js], kmemleak=True)
     nodes = len(js)  # each device has one video node; AFTER waits for all after modprobe
     for i, (name, _, cmd, timeout) in enumerate(js):
-        b.add(name, f"export VMRS_NODES={nodes}\n{cmd}", dev=i, timeout=timeout)
+        b.add(name, f"export VMRS_NODES={nodes}\n{cmd}", dev=i, timeout=timeout,
+              expect_warnings=EXPECTED.get(name, []))
     return b.run()
-
-
-def test_allocation_failures_in_the_fuzzer_end_in_errnos(jobs):
-    """The fuzzer's tasks get 3 % of their allocations failed: whatever the fuzzer itself
-    makes of that (its own python may die of ENOMEM), the kernel says nothing (no splat, no
-    driver warning), kmemleak finds nothing, and the device streams 5 frames afterwards."""
-    j = jobs["failslab-fuzz"]
-    j.check()
-    assert j.status == 0, (j.stdout, j.stderr)
-    assert f"stream-exit 0 {5 * FRAME}" in j.stdout, j.stdout
-    out = (j.dir / "fuzz.out").read_text(errors="replace")
-    print(out[-1500:])
-    # Failures were injected, and only the fuzzer's tasks (marked by failing.py once its
-    # interpreter had started) could take them; what the fuzzer makes of failures in its own
-    # calls (its summary, or a MemoryError) is its business, not the kernel's.
-    assert injected(j.stdout) > 0, j.stdout
-
-
-def test_allocation_failures_in_a_decode_end_in_errnos(jobs):
-    """A decode with 3 % of its allocations failed, then one without: the second is
-    bit-exact, the kernel said nothing, kmemleak is clean."""
-    j = jobs["failslab-decode"]
-    j.check()
-    assert j.status == 0 and "seq-exit 0" in j.stdout, (j.stdout, j.stderr)
-    out = json.loads((j.dir / "seq.json").read_text())
-    assert "error" not in out, out
-    got = [f["md5"] for f in out["passes"][0]["frames"]]
-    assert got == [md5 for _, _, md5 in clips.get_clip("clip_320x240").frames]
-    faulty = (j.dir / "faulty.json").read_text(errors="replace")
-    print(faulty[-1500:])
-    assert injected(j.stdout) > 0, j.stdout
-    # decoder_seq.py ran under injection: it printed its result or a Python error of its
-    # own (MemoryError, OSError ENOMEM), not an exec failure of the shell.
-    assert "cannot execute" not in faulty and "Argument list too long" not in faulty, faulty
-
-
-def injected(stdout):
-    """Allocation failures injected (failslab + fail_page_alloc), from NOINJECT's lines."""
-    return sum(int(n) for n in re.findall(r"^fail\w+-injected (\d+)$", stdout, re.M))
