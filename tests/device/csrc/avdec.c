@@ -173,6 +173,17 @@ int avdec_receive(struct avdec *d, int *w, int *h, int64_t *pts)
 	return 1;
 }
 
+/*
+ * What the decoder knows of the stream now: the level (level_idc: 31 = 3.1, 9 = 1b; 0 if not
+ * known yet) and the number of frames it holds back to output them in display order
+ * (has_b_frames: the SPS's num_reorder_frames, or what libavcodec has seen).
+ */
+void avdec_stream_info(struct avdec *d, int *level, int *reorder)
+{
+	*level = d->ctx->level > 0 ? d->ctx->level : 0;
+	*reorder = d->ctx->has_b_frames > 0 ? d->ctx->has_b_frames : 0;
+}
+
 /* Copies the frame avdec_receive returned as tightly packed I420 (Y, then U, then V) into
  * `dst` of `cap` bytes: returns the bytes written or -ENOSPC / -ENODATA. */
 long avdec_copy_i420(struct avdec *d, uint8_t *dst, size_t cap)

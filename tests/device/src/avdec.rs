@@ -19,6 +19,7 @@ extern "C" {
     fn avdec_drain(d: *mut RawDec) -> c_int;
     fn avdec_receive(d: *mut RawDec, w: *mut c_int, h: *mut c_int, pts: *mut i64) -> c_int;
     fn avdec_copy_i420(d: *mut RawDec, dst: *mut u8, cap: usize) -> c_long;
+    fn avdec_stream_info(d: *mut RawDec, level: *mut c_int, reorder: *mut c_int);
 }
 
 /// libavcodec's "no timestamp" (`AV_NOPTS_VALUE`).
@@ -31,6 +32,11 @@ pub struct Frame {
     /// The timestamp given with the input that started this frame, or [`NO_PTS`].
     pub pts: i64,
     pub i420: Vec<u8>,
+    /// The stream's H.264 `level_idc` when the frame came out (31 = level 3.1, 9 = 1b; 0 if
+    /// the decoder did not say).
+    pub level: u32,
+    /// Frames the decoder holds back to output them in display order (`has_b_frames`).
+    pub reorder: u32,
 }
 
 /// What [`H264Decoder::receive`] found.
@@ -111,11 +117,16 @@ impl H264Decoder {
         if n < 0 {
             return Err(-(n as i32));
         }
+        let (mut level, mut reorder) = (0, 0);
+        // SAFETY: live handle; the out-pointers are ours.
+        unsafe { avdec_stream_info(self.0.as_ptr(), &mut level, &mut reorder) };
         Ok(Received::Frame(Frame {
             width,
             height,
             pts,
             i420,
+            level: level.max(0) as u32,
+            reorder: reorder.max(0) as u32,
         }))
     }
 }

@@ -1362,6 +1362,9 @@ where
             V4l2Ioctl::VIDIOC_G_PARM | V4l2Ioctl::VIDIOC_S_PARM if self.is_m2m() => {
                 writer.write_err_response(libc::ENOTTY)
             }
+            V4l2Ioctl::VIDIOC_QUERYCTRL | V4l2Ioctl::VIDIOC_QUERY_EXT_CTRL if self.is_decoder() => {
+                decoder::query_ctrl_ioctl(ioctl == V4l2Ioctl::VIDIOC_QUERY_EXT_CTRL, reader, writer)
+            }
             V4l2Ioctl::VIDIOC_QUERYCTRL if self.label.is_some() => {
                 self.query_label(false, reader, writer)
             }
@@ -1418,7 +1421,11 @@ where
 
     /// VIDIOC_G_CTRL/S_CTRL: the label is a string, which the kernel refuses with `EINVAL`
     /// there (`v4l2_g_ctrl`/`v4l2_s_ctrl`: only integer-valued controls), as any unknown id.
-    fn g_ctrl(&mut self, _s: &TestSession, _id: u32) -> IoctlResult<bindings::v4l2_control> {
+    /// The decoder's controls are integers, answered by decoder.rs.
+    fn g_ctrl(&mut self, s: &TestSession, id: u32) -> IoctlResult<bindings::v4l2_control> {
+        if let Some(c) = s.codec.as_ref() {
+            return c.g_ctrl(id);
+        }
         Err(if self.label.is_some() {
             libc::EINVAL
         } else {
@@ -1428,10 +1435,13 @@ where
 
     fn s_ctrl(
         &mut self,
-        _s: &mut TestSession,
-        _id: u32,
+        s: &mut TestSession,
+        id: u32,
         _value: i32,
     ) -> IoctlResult<bindings::v4l2_control> {
+        if let Some(c) = s.codec.as_ref() {
+            return c.s_ctrl(id);
+        }
         Err(if self.label.is_some() {
             libc::EINVAL
         } else {
@@ -1447,6 +1457,9 @@ where
         ctrl_array: &mut Vec<bindings::v4l2_ext_control>,
         regions: Vec<Vec<SgEntry>>,
     ) -> IoctlResult<()> {
+        if let Some(c) = s.codec.as_ref() {
+            return c.ext_ctrls(b'G', which, ctrls, ctrl_array);
+        }
         self.label_ctrls(b'G', s.id, which, ctrls, ctrl_array, regions)
     }
 
@@ -1458,6 +1471,9 @@ where
         ctrl_array: &mut Vec<bindings::v4l2_ext_control>,
         regions: Vec<Vec<SgEntry>>,
     ) -> IoctlResult<()> {
+        if let Some(c) = s.codec.as_ref() {
+            return c.ext_ctrls(b'S', which, ctrls, ctrl_array);
+        }
         self.label_ctrls(b'S', s.id, which, ctrls, ctrl_array, regions)
     }
 
@@ -1469,6 +1485,9 @@ where
         ctrl_array: &mut Vec<bindings::v4l2_ext_control>,
         regions: Vec<Vec<SgEntry>>,
     ) -> IoctlResult<()> {
+        if let Some(c) = s.codec.as_ref() {
+            return c.ext_ctrls(b'T', which, ctrls, ctrl_array);
+        }
         self.label_ctrls(b'T', s.id, which, ctrls, ctrl_array, regions)
     }
 
@@ -1915,6 +1934,9 @@ where
         flags: SubscribeEventFlags,
     ) -> IoctlResult<()> {
         if let EventType::Ctrl(id) = event {
+            if self.is_decoder() {
+                return self.decoder_subscribe_ctrl(s, id, flags);
+            }
             return self.subscribe_label(s.id, id, flags);
         }
         let Some(codec) = s.codec.as_mut() else {
@@ -1953,7 +1975,7 @@ where
                 Err(libc::ENOTTY)
             };
         };
-        codec.subscription(event.type_, false)
+        codec.unsubscribe(event.type_, event.id)
     }
 
     fn try_decoder_cmd(
