@@ -174,6 +174,13 @@ class Batch:
         return out
 
 
+def ok(job: JobResult) -> JobResult:
+    """The job ran to status 0 with no splat, leak, device panic or unexpected warning."""
+    job.check()
+    assert job.status == 0, (job.status, job.stdout, job.stderr)
+    return job
+
+
 _MARK = re.compile(r"vmrs: job (\S+) (start|end)$")
 
 

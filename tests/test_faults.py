@@ -19,7 +19,7 @@ import re
 
 import pytest
 
-from batch import Batch
+from batch import Batch, ok
 from guest import REPO
 
 TOOLS = f"{REPO}/tests/guest_tools"
@@ -30,32 +30,6 @@ FRAME = 640 * 480 * 3 // 2  # YU12 640x480: one plane of 460800 bytes
 FMT_RESP = 8 + 208  # response header + struct v4l2_format
 # The driver's warning when a command times out (Documentation/design.md: 10 s).
 TIMEOUT_WARN = r"session \d+ ioctl \d+ not answered within 10000 ms"
-
-
-def backend(fault):
-    return f"vmrs:capture-mplane:fault={fault}"
-
-
-def last_json(stdout):
-    lines = [l for l in stdout.splitlines() if l.startswith("{")]
-    assert lines, stdout
-    return json.loads(lines[-1])
-
-
-def count(dmesg, pattern):
-    return len(re.findall(pattern, dmesg))
-
-
-def assert_rate_limited(dmesg, faults):
-    """The driver's warnings are rate-limited (the kernel's default: bursts of at most 10
-    lines per 5 s interval; two bursts can be adjacent, so any 5-second window holds at most
-    20), and the device committed more faults than the driver printed lines."""
-    times = [float(m.group(1)) for m in
-             re.finditer(r"^\[\s*([\d.]+)\] virtio_media virtio\d+: (?!'vmrs)", dmesg, re.M)]
-    assert times, dmesg
-    worst = max(sum(1 for u in times if t <= u < t + 5) for t in times)
-    assert worst <= 20, (worst, dmesg)
-    assert faults > len(times), (faults, len(times))
 
 
 # Command faults on G_FMT: (fault, the driver's reason in "malformed ioctl response: ...").
@@ -130,12 +104,6 @@ def jobs():
         b.add(name, f"export VMRS_INDEX={i}; {cmd}", dev=i, timeout=400, expect_warnings=warn)
     return b.run()
 
-
-def ok(job):
-    """The job ran to status 0 with no splat, leak, device panic or unexpected warning."""
-    job.check()
-    assert job.status == 0, (job.status, job.stdout, job.stderr)
-    return job
 
 
 def last_json(stdout):

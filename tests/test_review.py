@@ -35,7 +35,7 @@ import json
 
 import pytest
 
-from batch import Batch
+from batch import Batch, ok
 from guest import REPO
 
 pytestmark = pytest.mark.guest
@@ -82,12 +82,6 @@ def jobs():
     b.add("unbind", UNBIND_BIND, dev=DECODER, timeout=300)
     return b.run()
 
-
-def ok(job):
-    """The job ran to status 0 with no splat, leak, device panic or unexpected warning."""
-    job.check()
-    assert job.status == 0, (job.status, job.stdout, job.stderr)
-    return job
 
 
 def test_codec_probe_session_does_not_leak_on_unbind(jobs):

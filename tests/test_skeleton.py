@@ -15,7 +15,7 @@ import re
 
 import pytest
 
-from batch import Batch
+from batch import Batch, ok
 from guest import run_guest
 import totals
 
@@ -71,11 +71,6 @@ def jobs():
               expect_warnings=warn)
     return b.run()
 
-
-def ok(job):
-    job.check()
-    assert job.status == 0, (job.status, job.stdout, job.stderr)
-    return job
 
 
 def test_module_loads_and_creates_video_node(jobs):

@@ -18,7 +18,7 @@ import json
 
 import pytest
 
-from batch import Batch
+from batch import Batch, ok
 from guest import REPO
 import totals
 
@@ -53,11 +53,6 @@ def jobs():
         b.add(name, cmd, dev=dev, timeout=timeout)
     return b.run()
 
-
-def ok(job):
-    job.check()
-    assert job.status == 0, (job.status, job.stdout, job.stderr)
-    return job
 
 
 def test_expected_pattern_rejects_a_zero_frame():
