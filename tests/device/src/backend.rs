@@ -12,6 +12,7 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use anyhow::{anyhow, Context};
 use log::{debug, error, info, warn};
@@ -36,6 +37,7 @@ use vmm_sys_util::event::{
 
 use crate::chain::{gather, scatter, writable_len, CmdReader, CmdWriter};
 use crate::fault::{self, Verdict};
+use crate::stats::Stats;
 
 /// When set (by a profile, before serving), the device does not offer the vhost-user SHMEM
 /// protocol feature, so the front end exposes no shared memory region: a driver must then
@@ -149,6 +151,8 @@ where
     /// Commands a fault holds back (src/fault.rs): the chain, its response, whether it is
     /// answered when the next command arrives (else never).
     held: Mutex<Vec<(HeldChain, Vec<u8>, bool)>>,
+    /// The device's own time per command, per session (`VMRS_DEVICE_STATS`, src/stats.rs).
+    stats: Option<Mutex<Stats>>,
 }
 
 type HeldChain = DescriptorChain<GuestMemoryLoadGuard<GuestMemoryMmap>>;
@@ -189,6 +193,7 @@ where
             event_idx: AtomicBool::new(false),
             exit,
             held: Mutex::new(Vec::new()),
+            stats: Stats::from_env().map(Mutex::new),
         })
     }
 
@@ -208,6 +213,9 @@ where
                     .get_queue_mut()
                     .pop_descriptor_chain(self.mem.memory());
                 let Some(chain) = chain else { break };
+                // VMRS_DEVICE_STATS: from reading the command off the chain to writing the
+                // response into it.
+                let started = self.stats.as_ref().map(|_| Instant::now());
                 let used = match gather(&chain) {
                     Ok(input) => {
                         let what = describe(&input);
@@ -236,6 +244,12 @@ where
                             error!("commandq: cannot write response: {e}");
                             0
                         });
+                        if let (Some(t), Some(stats)) = (started, &self.stats) {
+                            let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                            if let Some(line) = lock(stats).record(reader.get_ref(), &writer, ns) {
+                                eprintln!("{line}");
+                            }
+                        }
                         if extra > 0 {
                             writable_len(&chain).saturating_add(extra)
                         } else {

@@ -6,7 +6,12 @@
 //! Listens on SOCK (replacing a stale socket file), serves one front end (QEMU's
 //! vhost-user-device-pci, virtio-id=48, num_vqs=2, config_size=40) at a time with a fresh device,
 //! and waits for the next one when it disconnects. Logs go to stderr (RUST_LOG=debug traces every
-//! command). See Documentation/test-device.md.
+//! command; VMRS_DEVICE_STATS=1 logs the device's own time per command, src/stats.rs).
+//!
+//!     vmrs-device --produce-rate capture-hd --format NV12 --size 1920x1080 --frames 50
+//!
+//! runs a capture profile's frame generator with no guest and prints its rate as one JSON line.
+//! See Documentation/test-device.md.
 
 mod avdec;
 mod backend;
@@ -17,6 +22,7 @@ mod guestmem;
 mod profiles;
 mod quirks;
 mod shm;
+mod stats;
 mod testdev;
 
 use std::path::PathBuf;
@@ -28,6 +34,7 @@ use vhost::vhost_user::Listener;
 fn usage() -> String {
     let mut s = String::from(
         "usage: vmrs-device --socket-path SOCK --profile PROFILE [--fault FAULT]\n       \
+         vmrs-device --produce-rate PROFILE --format FOURCC --size WxH --frames N\n       \
          vmrs-device --list-profiles\n\nprofiles:\n",
     );
     for p in profiles::PROFILES {
@@ -45,6 +52,10 @@ fn main() -> ExitCode {
 
     let mut socket: Option<PathBuf> = None;
     let mut profile: Option<String> = None;
+    let mut produce: Option<String> = None;
+    let mut format: Option<String> = None;
+    let mut size: Option<String> = None;
+    let mut frames: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let (key, inline) = match arg.split_once('=') {
@@ -71,6 +82,18 @@ fn main() -> ExitCode {
                 Ok(v) => return bad(&format!("unknown fault {v:?}")),
                 Err(n) => return bad(&format!("{n} needs a value")),
             },
+            "--produce-rate" | "--format" | "--size" | "--frames" => {
+                let v = match value(&key) {
+                    Ok(v) => Some(v),
+                    Err(n) => return bad(&format!("{n} needs a value")),
+                };
+                match key.as_str() {
+                    "--produce-rate" => produce = v,
+                    "--format" => format = v,
+                    "--size" => size = v,
+                    _ => frames = v,
+                }
+            }
             "--list-profiles" => {
                 for p in profiles::PROFILES {
                     println!("{}", p.name);
@@ -87,6 +110,9 @@ fn main() -> ExitCode {
             }
             _ => return bad(&format!("unknown argument {arg:?}")),
         }
+    }
+    if let Some(name) = produce {
+        return produce_rate(&name, format, size, frames);
     }
     let Some(socket) = socket else {
         return bad("--socket-path is required");
@@ -116,6 +142,55 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
         info!("front end disconnected; waiting for the next one");
+    }
+}
+
+/// `--produce-rate PROFILE --format FOURCC --size WxH --frames N`: the profile's capture frame
+/// generator run N times with no guest (`testdev::produce_rate`); prints one JSON line.
+fn produce_rate(
+    name: &str,
+    format: Option<String>,
+    size: Option<String>,
+    frames: Option<String>,
+) -> ExitCode {
+    let Some(spec) = profiles::find(name).and_then(|p| p.spec) else {
+        return bad(&format!(
+            "--produce-rate: {name:?} is not a TestDevice profile"
+        ));
+    };
+    let fourcc: Option<[u8; 4]> = format.as_deref().and_then(|f| f.as_bytes().try_into().ok());
+    let Some(fourcc) = fourcc else {
+        return bad("--produce-rate needs --format FOURCC (4 characters)");
+    };
+    let wh = size.as_deref().and_then(|s| {
+        let (w, h) = s.split_once('x')?;
+        Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?))
+    });
+    let Some((width, height)) = wh else {
+        return bad("--produce-rate needs --size WxH");
+    };
+    let Some(n) = frames
+        .and_then(|f| f.parse::<u32>().ok())
+        .filter(|&n| n > 0)
+    else {
+        return bad("--produce-rate needs --frames N (N > 0)");
+    };
+    match testdev::produce_rate(spec, fourcc, width, height, n) {
+        Ok(t) => {
+            let secs = t.as_secs_f64();
+            println!(
+                "{{\"profile\": \"{name}\", \"format\": \"{}\", \"width\": {width}, \
+                 \"height\": {height}, \"frames\": {n}, \"seconds\": {secs:.6}, \
+                 \"fps\": {:.3}}}",
+                String::from_utf8_lossy(&fourcc),
+                f64::from(n) / secs.max(1e-9)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vmrs-device: --produce-rate {name}: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

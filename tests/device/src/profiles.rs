@@ -23,6 +23,8 @@ pub struct Profile {
     pub summary: &'static str,
     /// Serves one front-end connection.
     pub serve: fn(&mut Listener) -> anyhow::Result<()>,
+    /// The `TestDevice` configuration, for the profiles that are one (`--produce-rate`).
+    pub spec: Option<Spec>,
 }
 
 pub const PROFILES: &[Profile] = &[
@@ -31,54 +33,70 @@ pub const PROFILES: &[Profile] = &[
         summary: "virtio-media crate's SimpleCaptureDevice: 640x480 YU12, MPLANE capture, MMAP \
                   only, caps VIDEO_CAPTURE_MPLANE|STREAMING; formats say 1 plane",
         serve: capture_mplane,
+        spec: None,
     },
     Profile {
         name: "capture-mplane-crate",
         summary: "the same device without the format fix: G/S/TRY_FMT say 3 planes for YU12 \
                   while its buffers have 1 (the crate's own behaviour)",
         serve: capture_mplane_crate,
+        spec: None,
     },
     Profile {
         name: "capture-mplane-noshm",
         summary: "capture-mplane without the SHMEM protocol feature: no shared memory region, \
                   so MMAP buffers cannot be mapped",
         serve: capture_mplane_noshm,
+        spec: None,
     },
     Profile {
         name: "capture",
         summary: "TestDevice: single-planar capture (VIDEO_CAPTURE|STREAMING), YUYV/RGB3/YU12 at \
                   640x480 and 320x240, one input, MMAP and USERPTR, pattern frames",
         serve: capture,
+        spec: Some(CAPTURE),
+    },
+    Profile {
+        name: "capture-hd",
+        summary: "TestDevice: single-planar capture as `capture`, NV12/YU12 at 640x480, \
+                  1920x1080 and 3840x2160 (bench/run)",
+        serve: capture_hd,
+        spec: Some(CAPTURE_HD),
     },
     Profile {
         name: "capture-mp",
         summary: "TestDevice: multi-planar capture (VIDEO_CAPTURE_MPLANE|STREAMING), YM12 \
                   and YM16 (3 planes), YUYV (1 plane), MMAP and USERPTR",
         serve: capture_mp,
+        spec: Some(CAPTURE_MP),
     },
     Profile {
         name: "capture-nv",
         summary: "TestDevice: multi-planar capture of NM12 (NV12M, 2 planes) only; \
                   v4l2-compliance 1.22.1 fails its ENUM_FMT name check (kernel 6.12 renamed it)",
         serve: capture_nv,
+        spec: Some(CAPTURE_NV),
     },
     Profile {
         name: "output",
         summary: "TestDevice: single-planar output (VIDEO_OUTPUT|STREAMING), YUYV/RGB3/YU12, one \
                   output; logs `output frame SEQ bytesused N crc32 HEX` per frame",
         serve: output,
+        spec: Some(OUTPUT),
     },
     Profile {
         name: "m2m",
         summary: "TestDevice: loopback M2M (VIDEO_M2M_MPLANE|STREAMING): each OUTPUT payload is \
                   copied into the next CAPTURE buffer; YM12/YUYV/YM16; per-open contexts",
         serve: m2m,
+        spec: Some(M2M),
     },
     Profile {
         name: "decoder-yu12",
         summary: "the decoder profile with YU12 as its only CAPTURE format: v4l2-compliance \
                   1.22.1 fails any device offering NV12 (kernel 6.12 renamed its description)",
         serve: decoder_yu12,
+        spec: Some(DECODER_YU12),
     },
     Profile {
         name: "decoder",
@@ -86,6 +104,7 @@ pub const PROFILES: &[Profile] = &[
                   H264 byte stream on OUTPUT, NV12/YU12 on CAPTURE, SOURCE_CHANGE/EOS events, \
                   DECODER_CMD STOP/START, dynamic resolution change; per-open contexts",
         serve: decoder,
+        spec: Some(DECODER),
     },
 ];
 
@@ -144,6 +163,13 @@ pub const CAPTURE: Spec = Spec {
     formats: SP_FORMATS,
     sizes: SIZES,
 };
+/// `capture` with the benchmark's formats and sizes (bench/run): NV12 and YU12 (one plane
+/// each, w*h*3/2 bytes, bytesperline w) at 640x480, 1920x1080 and 3840x2160.
+pub const CAPTURE_HD: Spec = Spec {
+    formats: &[*b"NV12", *b"YU12"],
+    sizes: &[(640, 480), (1920, 1080), (3840, 2160)],
+    ..CAPTURE
+};
 pub const CAPTURE_MP: Spec = Spec {
     kind: Kind::Capture,
     mplane: true,
@@ -193,6 +219,10 @@ fn serve_testdev(listener: &mut Listener, spec: Spec, card: &str) -> anyhow::Res
 
 fn capture(listener: &mut Listener) -> anyhow::Result<()> {
     serve_testdev(listener, CAPTURE, "vmrs capture")
+}
+
+fn capture_hd(listener: &mut Listener) -> anyhow::Result<()> {
+    serve_testdev(listener, CAPTURE_HD, "vmrs capture-hd")
 }
 
 fn capture_mp(listener: &mut Listener) -> anyhow::Result<()> {
@@ -246,6 +276,7 @@ mod tests {
         // V4L2_CAP_STREAMING 0x04000000 | VIDEO_CAPTURE 0x1 / VIDEO_CAPTURE_MPLANE 0x1000 /
         // VIDEO_OUTPUT 0x2 / VIDEO_M2M_MPLANE 0x4000 (videodev2.h).
         assert_eq!(CAPTURE.device_caps(), 0x0400_0001);
+        assert_eq!(CAPTURE_HD.device_caps(), 0x0400_0001);
         assert_eq!(CAPTURE_MP.device_caps(), 0x0400_1000);
         assert_eq!(OUTPUT.device_caps(), 0x0400_0002);
         assert_eq!(M2M.device_caps(), 0x0400_4000);

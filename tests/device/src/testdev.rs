@@ -1166,20 +1166,27 @@ where
             q.sequence = q.sequence.wrapping_add(1);
             let ts = self.next_timestamp();
             let Some(b) = q.bufs.get_mut(i) else { continue };
-            let data: Vec<Vec<u8>> = b
-                .sizes
-                .iter()
-                .enumerate()
-                .map(|(p, &size)| {
-                    let mut v = vec![0u8; size as usize];
-                    fill_pattern(&mut v, seq, p);
-                    v
-                })
-                .collect();
-            let res = self.write_planes(b, &data);
+            let res = self.fill_capture(b, seq);
             b.v4l2.set_timestamp(ts);
             Self::complete(&mut self.evt, s.id, b, seq, res.is_err());
         }
+    }
+
+    /// Fills capture buffer `b` with frame `seq` of the pattern (every plane, its whole
+    /// allocated size) and sets its bytesused: the frame generator of the capture profiles, also
+    /// what `--produce-rate` runs ([`produce_rate`]).
+    fn fill_capture(&self, b: &mut Buf, seq: u32) -> Result<(), i32> {
+        let data: Vec<Vec<u8>> = b
+            .sizes
+            .iter()
+            .enumerate()
+            .map(|(p, &size)| {
+                let mut v = vec![0u8; size as usize];
+                fill_pattern(&mut v, seq, p);
+                v
+            })
+            .collect();
+        self.write_planes(b, &data)
     }
 
     fn process_output(&mut self, s: &mut TestSession) {
@@ -2052,6 +2059,76 @@ where
     }
 }
 
+/// Event queue and shared-memory mapper of a device with no front end (`--produce-rate`).
+struct Detached;
+
+impl VirtioMediaEventQueue for Detached {
+    fn send_event(&mut self, _event: V4l2Event) {}
+}
+
+impl VirtioMediaHostMemoryMapper for Detached {
+    fn add_mapping(
+        &mut self,
+        _: std::os::fd::BorrowedFd,
+        _: u64,
+        _: u64,
+        _: bool,
+    ) -> Result<u64, i32> {
+        Err(libc::ENODEV)
+    }
+    fn remove_mapping(&mut self, _: u64) -> Result<(), i32> {
+        Err(libc::ENODEV)
+    }
+}
+
+/// The device's production rate (`vmrs-device --produce-rate`): runs the capture frame
+/// generator ([`TestDevice::fill_capture`], what every buffer queued on a streaming capture
+/// queue goes through) `frames` times into one MMAP buffer (a memfd, as REQBUFS allocates it) of
+/// `fourcc` at `width`x`height`, with no guest. One untimed frame first puts the memfd's pages
+/// in place (a streaming buffer has them after its first frame). Returns the time of the
+/// `frames` timed ones.
+pub fn produce_rate(
+    spec: Spec,
+    fourcc: [u8; 4],
+    width: u32,
+    height: u32,
+    frames: u32,
+) -> Result<std::time::Duration, String> {
+    let name = String::from_utf8_lossy(&fourcc).into_owned();
+    let qtype = match spec.kind {
+        Kind::Capture => spec.capture_type().ok_or("no capture queue")?,
+        k => return Err(format!("{k:?} profiles have no capture frame generator")),
+    };
+    if !spec.formats.contains(&fourcc) {
+        return Err(format!("the profile has no format {name}"));
+    }
+    if !spec.sizes.contains(&(width, height)) {
+        return Err(format!("the profile has no size {width}x{height}"));
+    }
+    let sizes: Vec<u32> = layout(&fourcc, width, height)
+        .ok_or(format!("no layout for {name}"))?
+        .iter()
+        .map(|p| p.sizeimage)
+        .collect();
+    let mem = vm_memory::GuestMemoryAtomic::new(vm_memory::GuestMemoryMmap::new());
+    let mut dev = TestDevice::new(spec, Detached, Detached, GuestMapper::new(mem));
+    let fmt = spec.adjust(u32::from_le_bytes(fourcc), width, height);
+    let mut q = Queue::new(qtype, fmt);
+    dev.alloc(&mut q, MemoryType::Mmap, 1, &sizes)
+        .map_err(|e| format!("cannot allocate the buffer (errno {e})"))?;
+    let b = q.bufs.first_mut().ok_or("no buffer")?;
+    let fill = |b: &mut Buf, seq| {
+        dev.fill_capture(b, seq)
+            .map_err(|e| format!("frame {seq}: errno {e}"))
+    };
+    fill(b, 0)?;
+    let t = Instant::now();
+    for seq in 1..=frames {
+        fill(b, seq)?;
+    }
+    Ok(t.elapsed())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2241,6 +2318,172 @@ mod tests {
         assert_eq!(a, src);
         let q = s.queue(c).unwrap();
         assert_eq!(*q.bufs[0].v4l2.get_first_plane().bytesused, 256);
+    }
+
+    type HdDev = TestDevice<Events, NoShm>;
+
+    fn hd_setup() -> (HdDev, TestSession) {
+        let mem = GuestMemoryAtomic::new(
+            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 16)]).unwrap(),
+        );
+        let mut dev = TestDevice::new(
+            crate::profiles::CAPTURE_HD,
+            Events::default(),
+            NoShm,
+            GuestMapper::new(mem),
+        );
+        let s =
+            <HdDev as VirtioMediaDevice<CmdReader, CmdWriter>>::new_session(&mut dev, 1).unwrap();
+        (dev, s)
+    }
+
+    fn pix_request(fourcc: &[u8; 4], width: u32, height: u32) -> v4l2_format {
+        let mut f = v4l2_format {
+            type_: QueueType::VideoCapture as u32,
+            ..Default::default()
+        };
+        f.fmt.pix = bindings::v4l2_pix_format {
+            width,
+            height,
+            pixelformat: u32::from_le_bytes(*fourcc),
+            ..Default::default()
+        };
+        f
+    }
+
+    /// (fourcc, width, height, bytesperline, sizeimage) of a single-planar answer.
+    fn pix(f: &v4l2_format) -> ([u8; 4], u32, u32, u32, u32) {
+        // SAFETY: single-planar capture answers fill `pix`; plain integers.
+        let p = unsafe { f.fmt.pix };
+        (
+            p.pixelformat.to_le_bytes(),
+            p.width,
+            p.height,
+            p.bytesperline,
+            p.sizeimage,
+        )
+    }
+
+    #[test]
+    fn capture_hd_formats_and_sizes() {
+        let (mut dev, mut s) = hd_setup();
+        let t = QueueType::VideoCapture;
+        let fmts: Vec<u32> = (0..)
+            .map_while(|i| dev.enum_fmt(&s, t, i).ok())
+            .map(|d| d.pixelformat)
+            .collect();
+        assert_eq!(
+            fmts,
+            vec![u32::from_le_bytes(*b"NV12"), u32::from_le_bytes(*b"YU12")]
+        );
+        for fourcc in [b"NV12", b"YU12"] {
+            let pf = u32::from_le_bytes(*fourcc);
+            let sizes: Vec<(u32, u32, u32)> = (0..)
+                .map_while(|i| dev.enum_framesizes(&s, i, pf).ok())
+                .map(|f| {
+                    // SAFETY: DISCRETE sizes fill `discrete`.
+                    let d = unsafe { f.__bindgen_anon_1.discrete };
+                    (f.type_, d.width, d.height)
+                })
+                .collect();
+            let discrete = bindings::v4l2_frmsizetypes_V4L2_FRMSIZE_TYPE_DISCRETE;
+            assert_eq!(
+                sizes,
+                vec![
+                    (discrete, 640, 480),
+                    (discrete, 1920, 1080),
+                    (discrete, 3840, 2160)
+                ]
+            );
+        }
+        assert_eq!(
+            dev.enum_framesizes(&s, 0, u32::from_le_bytes(*b"YUYV"))
+                .err(),
+            Some(libc::EINVAL)
+        );
+        // Default: NV12 640x480.
+        let g = dev.g_fmt(&s, t).unwrap();
+        assert_eq!(pix(&g), (*b"NV12", 640, 480, 640, 460800));
+        // Exact sizes, both formats: w*h*3/2 bytes, bytesperline w.
+        for fourcc in [b"NV12", b"YU12"] {
+            for (w, h, size) in [
+                (640, 480, 460_800),
+                (1920, 1080, 3_110_400),
+                (3840, 2160, 12_441_600),
+            ] {
+                let r = dev.try_fmt(&s, t, pix_request(fourcc, w, h)).unwrap();
+                assert_eq!(pix(&r), (*fourcc, w, h, w, size));
+            }
+        }
+        // Other sizes snap to the nearest listed one; unknown fourccs become NV12.
+        for ((w, h), want) in [
+            // |dw| + |dh|: 880 to 640x480, 1000 to 1920x1080.
+            ((1280, 720), (640, 480)),
+            ((1600, 900), (1920, 1080)),
+            ((1, 1), (640, 480)),
+            ((4096, 4096), (3840, 2160)),
+            ((2900, 1650), (3840, 2160)),
+            ((1920, 1088), (1920, 1080)),
+        ] {
+            let r = dev.try_fmt(&s, t, pix_request(b"YU12", w, h)).unwrap();
+            assert_eq!(pix(&r).0, *b"YU12");
+            assert_eq!((pix(&r).1, pix(&r).2), want, "{w}x{h}");
+        }
+        let r = dev
+            .try_fmt(&s, t, pix_request(b"YUYV", 3840, 2160))
+            .unwrap();
+        assert_eq!(pix(&r), (*b"NV12", 3840, 2160, 3840, 12_441_600));
+        // TRY_FMT changes nothing; S_FMT does, and G_FMT and REQBUFS follow it.
+        assert_eq!(pix(&dev.g_fmt(&s, t).unwrap()).1, 640);
+        let r = dev
+            .s_fmt(&mut s, t, pix_request(b"YU12", 1900, 1000))
+            .unwrap();
+        assert_eq!(pix(&r), (*b"YU12", 1920, 1080, 1920, 3_110_400));
+        assert_eq!(pix(&dev.g_fmt(&s, t).unwrap()), pix(&r));
+        dev.reqbufs(
+            &mut s,
+            t,
+            MemoryType::UserPtr,
+            2,
+            MemoryConsistency::empty(),
+        )
+        .unwrap();
+        assert_eq!(s.queue(t).unwrap().bufs[0].sizes, vec![3_110_400]);
+        // Buffers pin the format.
+        assert_eq!(
+            dev.s_fmt(&mut s, t, pix_request(b"NV12", 640, 480)).err(),
+            Some(libc::EBUSY)
+        );
+        // Multi-planar types are not this device's.
+        assert!(dev.g_fmt(&s, QueueType::VideoCaptureMplane).is_err());
+    }
+
+    #[test]
+    fn produce_rate_runs_the_capture_generator() {
+        let hd = crate::profiles::CAPTURE_HD;
+        let t = produce_rate(hd, *b"NV12", 640, 480, 3).unwrap();
+        assert!(t.as_nanos() > 0);
+        assert!(produce_rate(hd, *b"YUYV", 640, 480, 1).is_err());
+        assert!(produce_rate(hd, *b"YU12", 1280, 720, 1).is_err());
+        assert!(produce_rate(crate::profiles::OUTPUT, *b"YU12", 640, 480, 1).is_err());
+        // The generator writes frame `seq` of the pattern into the whole MMAP buffer.
+        let (mut dev, mut s) = hd_setup();
+        let t = QueueType::VideoCapture;
+        dev.reqbufs(&mut s, t, MemoryType::Mmap, 1, MemoryConsistency::empty())
+            .unwrap();
+        let q = s.capture.as_mut().unwrap();
+        let b = &mut q.bufs[0];
+        dev.fill_capture(b, 9).unwrap();
+        assert_eq!(*b.v4l2.get_first_plane().bytesused, 460_800);
+        let Backing::Mmap { fd, .. } = &b.planes[0] else {
+            panic!("not an MMAP buffer")
+        };
+        let mut got = vec![0u8; 460_800];
+        fd.as_file().read_exact_at(&mut got, 0).unwrap();
+        assert!(got
+            .iter()
+            .enumerate()
+            .all(|(i, &v)| v == pattern_byte(9, 0, i)));
     }
 
     #[test]
