@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the guest kernel (Debian's linux-source-6.12 + CONFIG_RUST=y) into a cache directory
-# keyed on the package version and the hash of the config fragment and this script.
+# keyed on the package version and the hash of the config fragments and this script
+# (VMRS_KERNEL_FLAVOR=production: the benchmark kernel, see scripts/lib.sh).
 # A rerun with a cached tree costs seconds. Prints the build directory on stdout.
 . "$(dirname "$0")/lib.sh"
 kernel_paths
@@ -21,9 +22,10 @@ start=$(date +%s)
 "${KMAKE[@]}" rustavailable >&2
 "${KMAKE[@]}" tinyconfig >/dev/null
 "$KSRC/scripts/kconfig/merge_config.sh" -m -O "$KBUILD" "$KBUILD/.config" \
-	"$REPO/scripts/kernel/guest.config" >/dev/null
+	"${KFRAGMENTS[@]}" >/dev/null
 "${KMAKE[@]}" olddefconfig >/dev/null
-# Every option the fragment asks for must have survived olddefconfig.
+# Every option the fragments ask for (the last fragment naming it wins) must have survived
+# olddefconfig.
 bad=0
 while IFS= read -r line; do
 	case "$line" in CONFIG_*=*) ;; *) continue ;; esac
@@ -33,9 +35,10 @@ while IFS= read -r line; do
 	else
 		grep -qx "$line" "$KBUILD/.config" || { log "config: wanted $line, got $(grep "^$opt=" "$KBUILD/.config" || echo unset)"; bad=1; }
 	fi
-done < "$REPO/scripts/kernel/guest.config"
+done < <(cat "${KFRAGMENTS[@]}" | awk -F= '/^CONFIG_/ { v[$1] = $0; o[++n] = $1 }
+	END { for (i = 1; i <= n; i++) if (!seen[o[i]]++) print v[o[i]] }')
 [ $bad = 0 ] || die "config fragment did not apply"
-log "building kernel in $KBUILD"
+log "building $KFLAVOR kernel in $KBUILD"
 "${KMAKE[@]}" -j"$(nproc)" bzImage modules >"$KBUILD/build.log" 2>&1 || { tail -40 "$KBUILD/build.log" >&2; die "kernel build failed"; }
 log "kernel built in $(( $(date +%s) - start )) s"
 echo "$(( $(date +%s) - start ))" > "$KBUILD/.built"

@@ -33,13 +33,23 @@ vmrs_device_paths() {
 }
 
 # Kernel build tree location, keyed on version + config fragment hash; set by kernel_paths.
+# VMRS_KERNEL_FLAVOR=debug (default: the test kernel, scripts/kernel/guest.config) or
+# production (the same options minus the debugging ones, scripts/kernel/production.config
+# applied on top; used by bench/ only). KFRAGMENTS lists the fragments in the order applied.
 kernel_paths() {
 	local src_tar
 	src_tar=$(ls /usr/src/linux-source-$KVER.tar.* 2>/dev/null | head -n1) || true
 	[ -n "$src_tar" ] || die "linux-source-$KVER not installed (run scripts/install-deps.sh)"
 	KFULLVER=$(dpkg-query -W -f='${Version}' linux-source-$KVER)
-	KCONFHASH=$(cat "$REPO/scripts/kernel/"*.config "$REPO/scripts/build-kernel.sh" | sha256sum | cut -c1-12)
+	KFLAVOR=${VMRS_KERNEL_FLAVOR:-debug}
+	KFRAGMENTS=("$REPO/scripts/kernel/guest.config")
+	case "$KFLAVOR" in
+	debug) KTAG= ;;
+	production) KFRAGMENTS+=("$REPO/scripts/kernel/production.config"); KTAG=production- ;;
+	*) die "VMRS_KERNEL_FLAVOR: debug or production, not $KFLAVOR" ;;
+	esac
+	KCONFHASH=$(cat "${KFRAGMENTS[@]}" "$REPO/scripts/build-kernel.sh" | sha256sum | cut -c1-12)
 	KSRC=$CACHE/linux-$KFULLVER
-	KBUILD=$CACHE/kbuild-$KFULLVER-$KCONFHASH
+	KBUILD=$CACHE/kbuild-$KFULLVER-$KTAG$KCONFHASH
 	KMAKE=(make -C "$KSRC" O="$KBUILD" LLVM=1 RUSTC="$RUSTC" RUSTDOC="$RUSTDOC" HOSTRUSTC="$HOSTRUSTC" BINDGEN="$BINDGEN")
 }

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -181,32 +182,86 @@ def backend_command(backend: str, sock: Path, art: "Artifacts") -> list:
     return [str(art.vdm), "--socket-path", str(sock), "--backend", backend]
 
 
-def build_module(kbuild: Path) -> Path:
-    if not (REPO / "Makefile").exists() and not (REPO / "Kbuild").exists():
-        raise RigError("no top-level Makefile/Kbuild: the driver is not there yet (use --no-module)")
+# The files of the driver's out-of-tree build (a module built elsewhere than the repository is
+# built from a copy of these: bench/'s baseline module and its production-kernel builds).
+MODULE_FILES = ("Kbuild", "Makefile", "bindings.h", "bindings_helpers.c", "*.rs")
+
+
+def build_module(kbuild: Path, source: Path = REPO) -> Path:
+    """`make KDIR=kbuild` in `source` (a directory with the driver's Kbuild and sources)."""
+    if not (source / "Makefile").exists() and not (source / "Kbuild").exists():
+        raise RigError(f"no Makefile/Kbuild in {source}: the driver is not there yet (use --no-module)")
     t = time.monotonic()
-    p = subprocess.run(["make", f"KDIR={kbuild}"], cwd=REPO, stdout=subprocess.PIPE,
+    p = subprocess.run(["make", f"KDIR={kbuild}"], cwd=source, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True)
     if p.returncode != 0:
         sys.stderr.write("\n".join(p.stdout.splitlines()[-60:]) + "\n")
-        raise RigError(f"module build failed: make KDIR={kbuild} (exit {p.returncode})")
-    ko = REPO / f"{MODULE_NAME}.ko"
+        raise RigError(f"module build failed: make KDIR={kbuild} in {source} (exit {p.returncode})")
+    ko = source / f"{MODULE_NAME}.ko"
     if not ko.exists():
         raise RigError(f"make succeeded but {ko} does not exist")
-    log(f"module built in {time.monotonic() - t:.1f} s")
+    log(f"module built in {time.monotonic() - t:.1f} s ({source})")
     return ko
 
 
-def ensure_built(module: bool = True) -> Artifacts:
+def module_source(rev: Optional[str], kbuild: Path) -> Path:
+    """A build directory for the driver as of git revision `rev` (None: the work tree), for
+    kernel `kbuild`, under the cache: a copy of MODULE_FILES, so that builds for other kernels
+    or revisions never touch the objects of the repository's own build."""
+    cache = _lib_vars()["CACHE"]
+    if rev is None:
+        files = sorted({f for pat in MODULE_FILES for f in REPO.glob(pat)})
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+        label = "worktree-" + h.hexdigest()[:12]
+    else:
+        full = subprocess.run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True, check=True).stdout.strip()
+        label = "rev-" + full[:12]
+    dest = cache / "modules" / f"{label}-{kbuild.name}"
+    if (dest / f"{MODULE_NAME}.ko").exists():
+        return dest
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    if rev is None:
+        for f in files:
+            shutil.copy2(f, dest / f.name)
+    else:
+        specs = [f":(glob){pat}" for pat in MODULE_FILES]  # top level only
+        arch = subprocess.run(["git", "archive", full, "--", *specs], cwd=REPO,
+                              stdout=subprocess.PIPE, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=arch, check=True)
+    return dest
+
+
+def kernel_build(flavor: str = "debug") -> Path:
+    """The guest kernel's build tree (scripts/build-kernel.sh; VMRS_KERNEL_FLAVOR=flavor)."""
+    env = dict(os.environ, VMRS_KERNEL_FLAVOR=flavor)
+    p = subprocess.run([str(SCRIPTS / "build-kernel.sh")], stdout=subprocess.PIPE, text=True,
+                       cwd=REPO, env=env)
+    lines = [l for l in p.stdout.splitlines() if l.strip()]
+    if p.returncode != 0 or not lines:
+        raise RigError(f"build-kernel.sh ({flavor}) failed (exit {p.returncode})")
+    return Path(lines[-1].strip())
+
+
+def ensure_built(module: bool = True, kernel: str = "debug",
+                 module_rev: Optional[str] = None) -> Artifacts:
     """Kernel, QEMU, host tools and (if module) virtio_media.ko, each via its build script.
 
+    `kernel`: "debug" (the test kernel) or "production" (bench/ only; scripts/lib.sh).
+    `module_rev`: build the driver as of that git revision (bench/'s baseline) instead of the
+    repository's work tree. The debug kernel's work-tree module is built in the repository
+    itself (what `make` builds); any other combination in a copy (module_source).
+
     The scripts serialise heavy builds on $CACHE/build.lock and return at once when their
-    output is cached. Memoised per process: the module is rebuilt once per process at most.
+    output is cached. Memoised per process: each module is rebuilt once per process at most.
     """
-    key = bool(module)
+    key = (bool(module), kernel, module_rev)
     if key in _built:
         return _built[key]
-    kbuild = Path(_script_stdout([str(SCRIPTS / "build-kernel.sh")]))
+    kbuild = kernel_build(kernel)
     bzimage = kbuild / "arch/x86/boot/bzImage"
     krelease = (kbuild / "include/config/kernel.release").read_text().strip()
     qemu = Path(_script_stdout([str(SCRIPTS / "build-qemu.sh")]))
@@ -218,7 +273,12 @@ def ensure_built(module: bool = True) -> Artifacts:
     for f in (bzimage, qemu, vdm):
         if not f.exists():
             raise RigError(f"{f} missing after the build scripts ran")
-    ko = build_module(kbuild) if module else None
+    ko = None
+    if module:
+        if kernel == "debug" and module_rev is None:
+            ko = build_module(kbuild)
+        else:
+            ko = build_module(kbuild, module_source(module_rev, kbuild))
     art = Artifacts(kbuild, bzimage, krelease, qemu, vdm, ko)
     _built[key] = art
     return art
@@ -370,13 +430,20 @@ class Guest:
                  extra_qemu_args: Sequence[str] = (), extra_cmdline: str = "",
                  console: bool = False, boot_timeout: int = BOOT_TIMEOUT,
                  expect_warnings: Optional[Iterable[str]] = (),
-                 expect_device_panic: bool = False, files: Optional[dict] = None):
+                 expect_device_panic: bool = False, files: Optional[dict] = None,
+                 kernel: str = "debug", module_rev: Optional[str] = None,
+                 backend_env: Optional[dict] = None):
         # module: True/"load" = build, install, modprobe; "install" = build and install into
         # /lib/modules without loading (autoload tests); False/"none" = not built, not installed.
         mod = {True: "load", False: "none"}.get(module, module)
         if mod not in ("load", "install", "none"):
             raise ValueError(f"module={module!r}")
         self.cmd, self.module, self.timeout = cmd, mod, int(timeout)
+        # kernel: "debug" (tests) or "production" (bench/); module_rev: the driver as of that
+        # git revision instead of the work tree (bench/'s baseline). See ensure_built.
+        self.kernel, self.module_rev = kernel, module_rev
+        # Extra environment of the backend processes (VMRS_DEVICE_STATS=1: bench/).
+        self.backend_env = dict(backend_env or {})
         # backend: one name (device "vmedia", socket vdm.sock, log vdm.log) or a list of names:
         # several virtio-media devices in one guest ("vmedia0".., vdm0.sock.., vdm0.log..), the
         # device of backends[i] in PCI slot DEVICE_SLOT0 + i (guest: tests/guest_tools/node).
@@ -422,7 +489,7 @@ class Guest:
             self.close()
 
     def start(self) -> None:
-        art = ensure_built(self.module != "none")
+        art = ensure_built(self.module != "none", self.kernel, self.module_rev)
         if " " in str(REPO):
             raise RigError(f"repository path {REPO} has a space: it cannot go on the kernel command line")
         if self.keep:
@@ -462,6 +529,7 @@ class Guest:
                 self.vdm_ps.append(subprocess.Popen(
                     backend_cmd,
                     stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                    env=dict(os.environ, **self.backend_env),
                     start_new_session=True, preexec_fn=_pdeathsig))
         for i, p in enumerate(self.vdm_ps):
             sock = self.sock_dir / self.device_file(i, "sock")
