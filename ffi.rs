@@ -174,23 +174,53 @@ pub(crate) use new_irq_spinlock;
 ///
 /// Never on the stack and never `vmalloc`ed: those cannot be described by one scatterlist
 /// entry. The device may write the buffer only while it is owned by a [`Virtqueue`].
-pub(crate) struct DmaBuf(KVec<u8>);
+///
+/// A buffer has a fixed capacity (its allocation) and a length, the part posted to the device
+/// and seen through [`DmaBuf::bytes`]: pooled command buffers are reused for commands of
+/// other sizes without reallocating ([`DmaBuf::set_len`]).
+///
+/// # Invariants
+///
+/// `len <= buf.len()`; all of `buf` is initialised.
+pub(crate) struct DmaBuf {
+    buf: KVec<u8>,
+    len: usize,
+}
 
 impl DmaBuf {
-    /// Allocates `len` zeroed bytes. Errors: `ENOMEM`.
+    /// Allocates `len` zeroed bytes (capacity and length `len`). Errors: `ENOMEM`.
     pub(crate) fn new(len: usize) -> Result<Self> {
-        Ok(Self(KVec::from_elem(0u8, len, GFP_KERNEL)?))
+        // INVARIANT: `len == buf.len()`.
+        Ok(Self {
+            buf: KVec::from_elem(0u8, len, GFP_KERNEL)?,
+            len,
+        })
     }
-    /// The bytes.
+    /// The bytes (the first `len`).
     pub(crate) fn bytes(&self) -> &[u8] {
-        &self.0
+        &self.buf[..self.len]
     }
-    /// The bytes, writable.
+    /// The bytes (the first `len`), writable.
     pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
-        &mut self.0
+        &mut self.buf[..self.len]
+    }
+    /// The capacity in bytes: the largest length [`Self::set_len`] accepts.
+    pub(crate) fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+    /// Sets the length to `len` bytes and zeroes them. Errors: `EINVAL` if `len` exceeds
+    /// [`Self::capacity`].
+    pub(crate) fn set_len(&mut self, len: usize) -> Result {
+        if len > self.buf.len() {
+            return Err(EINVAL);
+        }
+        // INVARIANT: checked above.
+        self.len = len;
+        self.buf[..len].fill(0);
+        Ok(())
     }
     fn seg(&self) -> (*mut u8, usize) {
-        (self.0.as_ptr() as *mut u8, self.0.len())
+        (self.buf.as_ptr() as *mut u8, self.len)
     }
 }
 

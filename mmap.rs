@@ -13,7 +13,7 @@
 
 use kernel::{prelude::*, sync::Arc};
 
-use crate::ffi::{dev_warn_rl, DmaBuf};
+use crate::ffi::dev_warn_rl;
 use crate::protocol::{self, Command};
 use crate::session::{etimedout, Session};
 use crate::VirtioMedia;
@@ -66,14 +66,14 @@ impl Mapping {
             flags: protocol::Le32::new(if writable { protocol::MMAP_FLAG_RW } else { 0 }),
             offset: protocol::Le32::new(offset),
         };
-        let mut out = DmaBuf::new(protocol::CmdMmap::SIZE)?;
-        cmd.encode(out.bytes_mut()).ok_or(EINVAL)?;
         let resp_len = core::mem::size_of::<protocol::RespMmap>();
+        let mut req = media.request(protocol::CmdMmap::SIZE, resp_len)?;
+        cmd.encode(req.out_mut()).ok_or(EINVAL)?;
         let (addr, len) = {
-            let req = media.send(out, resp_len)?;
+            let req = media.send(req)?;
             let r = media.wait(&req, format_args!("MMAP of offset {:#x}", offset));
             if matches!(&r, Err(e) if *e == etimedout()) {
-                media.note_mmap_stall(req.clone());
+                media.note_mmap_stall(req.arc());
             }
             let (resp, used) = r?;
             match protocol::check_mmap_resp(resp, used, resp_len) {
@@ -126,28 +126,31 @@ impl Drop for Mapping {
     /// has room: nothing waits, and a device that comes back still gets it.
     fn drop(&mut self) {
         let stalled = self.media.mmap_stalled();
-        let res = DmaBuf::new(protocol::CmdMunmap::SIZE).and_then(|mut out| {
-            let cmd = protocol::CmdMunmap {
-                hdr: protocol::CmdHeader::new(protocol::CMD_MUNMAP),
-                driver_addr: protocol::Le64::new(self.shm_offset),
-            };
-            cmd.encode(out.bytes_mut()).ok_or(EINVAL)?;
-            let resp_len = core::mem::size_of::<protocol::RespMunmap>();
-            if stalled {
-                return self.media.try_send(out, resp_len).map(drop);
-            }
-            let req = self.media.send(out, resp_len)?;
-            let r = req.wait_release();
-            if matches!(&r, Err(e) if *e == etimedout()) {
-                self.media.note_mmap_stall(req.clone());
-            }
-            let (resp, used) = r?;
-            match protocol::check_resp_header(resp, used, resp_len) {
-                Ok(0) => Ok(()),
-                Ok(errno) => Err(crate::session::device_error(errno)),
-                Err(e) => Err(self.media.bad_response("MUNMAP", e)),
-            }
-        });
+        let resp_len = core::mem::size_of::<protocol::RespMunmap>();
+        let res = self
+            .media
+            .request(protocol::CmdMunmap::SIZE, resp_len)
+            .and_then(|mut req| {
+                let cmd = protocol::CmdMunmap {
+                    hdr: protocol::CmdHeader::new(protocol::CMD_MUNMAP),
+                    driver_addr: protocol::Le64::new(self.shm_offset),
+                };
+                cmd.encode(req.out_mut()).ok_or(EINVAL)?;
+                if stalled {
+                    return self.media.try_send(req).map(drop);
+                }
+                let req = self.media.send(req)?;
+                let r = req.wait_release();
+                if matches!(&r, Err(e) if *e == etimedout()) {
+                    self.media.note_mmap_stall(req.arc());
+                }
+                let (resp, used) = r?;
+                match protocol::check_resp_header(resp, used, resp_len) {
+                    Ok(0) => Ok(()),
+                    Ok(errno) => Err(crate::session::device_error(errno)),
+                    Err(e) => Err(self.media.bad_response("MUNMAP", e)),
+                }
+            });
         if let Err(e) = res {
             if e != ENODEV {
                 dev_warn_rl!(

@@ -5,7 +5,12 @@
 //! One [`Session`] per open file: `open()` sends `VIRTIO_MEDIA_CMD_OPEN`, `release()` sends
 //! `VIRTIO_MEDIA_CMD_CLOSE`. Every command is a [`Request`] with its own buffers and its own
 //! completion, so any number of commands (from any sessions) can be in flight at once; no lock
-//! is held while waiting for the device.
+//! is held while waiting for the device. Requests come from a per-device pool
+//! ([`RequestPool`]) and go back to it when both the device and the waiter are done with them,
+//! so the common command allocates nothing.
+//!
+//! Lock order (locks taken here): `commandq` → `request.state`; `eventq` → `sessions` →
+//! `session.state`; `pool` is a leaf (held only to push or pop one request).
 //!
 //! Memory safety against a slow or silent device: the device's reference to a request is an
 //! `Arc` leaked into the virtqueue token. The request's buffers are freed only when the last
@@ -13,10 +18,11 @@
 //! returned the chain, or after the device was reset and the chain detached in `remove`. A
 //! timed-out command therefore never leaves the device a pointer to freed or reused memory.
 
+use core::pin::Pin;
 use kernel::{
     prelude::*,
     rbtree::RBTreeNode,
-    sync::{Arc, CondVar, CondVarTimeoutResult, Mutex},
+    sync::{Arc, CondVar, CondVarTimeoutResult, Mutex, UniqueArc},
     time::msecs_to_jiffies,
     uaccess::UserSlice,
 };
@@ -36,39 +42,108 @@ struct ReqState {
     result: Option<Result<u32>>,
 }
 
-/// One command in flight: a device-readable buffer (command + payload) and an optional
-/// device-writable one (response + payload).
+/// What a waiter and the commandq callback share: the completion state and its wait queue.
 #[pin_data]
-pub(crate) struct Request {
-    out: [DmaBuf; 1],
-    resp: Option<DmaBuf>,
+struct ReqSync {
     #[pin]
     state: IrqSpinLock<ReqState>,
     #[pin]
     done: CondVar,
 }
 
+/// Capacity of a pooled request's device-readable buffer (bytes): the command header and the
+/// largest fixed-size ioctl payload with a planes array (`v4l2_buffer`, 88 bytes on 64-bit,
+/// plus 8 `v4l2_plane`s of 64) fit, with room for a short SG list.
+const POOL_READABLE: usize = 1024;
+
+/// Capacity of a pooled request's device-writable buffer (bytes), as [`POOL_READABLE`].
+const POOL_WRITABLE: usize = 1024;
+
+/// Most free requests a device keeps for reuse ([`RequestPool`]): 32 × ~2.1 KiB.
+const POOL_MAX: usize = 32;
+
+/// One command: a device-readable buffer (command + payload) and a device-writable one
+/// (response + payload; not posted when the command has no response).
+///
+/// Requests are reused ([`RequestPool`]): a request goes back to its device's pool only when
+/// nothing else holds it, i.e. when the device has returned the chain and the waiter is done
+/// ([`Arc::into_unique_or_drop`]); a request the device still holds is freed by whoever drops
+/// the last reference.
+pub(crate) struct Request {
+    out: [DmaBuf; 1],
+    resp: [DmaBuf; 1],
+    /// Whether `resp` is part of the chain.
+    has_resp: bool,
+    sync: Pin<KBox<ReqSync>>,
+}
+
 // SAFETY: `out` and `resp` are `DmaBuf`s owned by the request. `resp` is read only through
 // `Request::wait`, which hands it out after the completion recorded by the queue callback,
 // i.e. after the device returned the chain (or after a reset, when it can no longer write).
+// Both are written only through `&mut Request` (a `UniqueArc` before posting), which cannot
+// exist while the virtqueue's token holds a reference.
 unsafe impl Chain for Request {
     fn readable(&self) -> &[DmaBuf] {
         &self.out
     }
     fn writable(&self) -> &[DmaBuf] {
-        self.resp.as_slice()
+        if self.has_resp {
+            &self.resp
+        } else {
+            &[]
+        }
     }
 }
 
 impl Request {
+    /// A request whose buffers have capacity `readable` and `writable` bytes. Errors: `ENOMEM`.
+    fn new(readable: usize, writable: usize) -> Result<UniqueArc<Request>> {
+        let sync = KBox::pin_init(
+            pin_init!(ReqSync {
+                state <- new_irq_spinlock!(ReqState { result: None }, "virtio_media:request"),
+                done <- kernel::new_condvar!("virtio_media:request_done"),
+            }),
+            GFP_KERNEL,
+        )?;
+        Ok(UniqueArc::new(
+            Request {
+                out: [DmaBuf::new(readable)?],
+                resp: [DmaBuf::new(writable)?],
+                has_resp: false,
+                sync,
+            },
+            GFP_KERNEL,
+        )?)
+    }
+
+    /// Sizes the buffers for a command of `readable` bytes with a response of `writable`
+    /// bytes (0: none), both zeroed. Errors: `EINVAL` if they exceed the capacities.
+    fn prepare(&mut self, readable: usize, writable: usize) -> Result {
+        self.out[0].set_len(readable)?;
+        self.resp[0].set_len(writable)?;
+        self.has_resp = writable > 0;
+        self.sync.state.lock().result = None;
+        Ok(())
+    }
+
+    /// Whether the buffers have the pool's capacities.
+    fn poolable(&self) -> bool {
+        self.out[0].capacity() == POOL_READABLE && self.resp[0].capacity() == POOL_WRITABLE
+    }
+
+    /// The device-readable bytes, to be filled before posting.
+    pub(crate) fn out_mut(&mut self) -> &mut [u8] {
+        self.out[0].bytes_mut()
+    }
+
     /// Records the device's answer (or `ENODEV`) and wakes the waiter. Queue-callback context.
     pub(crate) fn complete(&self, result: Result<u32>) {
-        let mut s = self.state.lock();
+        let mut s = self.sync.state.lock();
         if s.result.is_none() {
             s.result = Some(result);
         }
         drop(s);
-        self.done.notify_all();
+        self.sync.done.notify_all();
     }
 
     /// Waits for completion: the response bytes and the used length.
@@ -78,7 +153,7 @@ impl Request {
     /// the device holds it.
     pub(crate) fn wait(&self) -> Result<(&[u8], usize)> {
         let mut left = msecs_to_jiffies(COMMAND_TIMEOUT_MS);
-        let mut s = self.state.lock();
+        let mut s = self.sync.state.lock();
         loop {
             // Checked after every wake-up, signals and timeouts included: a command the device
             // has answered is reported as answered.
@@ -88,7 +163,7 @@ impl Request {
             if left == 0 {
                 return Err(etimedout());
             }
-            match self.done.wait_interruptible_timeout(&mut s, left) {
+            match self.sync.done.wait_interruptible_timeout(&mut s, left) {
                 CondVarTimeoutResult::Timeout => left = 0,
                 CondVarTimeoutResult::Signal { .. } if s.result.is_none() => return Err(EINTR),
                 CondVarTimeoutResult::Signal { jiffies }
@@ -99,15 +174,17 @@ impl Request {
 
     /// Whether the device has answered (or the request was completed with `ENODEV`).
     pub(crate) fn is_done(&self) -> bool {
-        self.state.lock().result.is_some()
+        self.sync.state.lock().result.is_some()
     }
 
     /// The response bytes and used length of a completed request (`result` as recorded by
     /// [`Self::complete`]).
     fn answer(&self, result: Result<u32>) -> Result<(&[u8], usize)> {
         let used = result?;
-        let resp = self.resp.as_ref().map(|r| r.bytes()).unwrap_or(&[]);
-        Ok((resp, used as usize))
+        Ok((
+            self.writable().first().map_or(&[][..], |r| r.bytes()),
+            used as usize,
+        ))
     }
 
     /// [`Self::wait`] for the commands of a release path (CLOSE, MUNMAP), which must not be
@@ -121,7 +198,7 @@ impl Request {
         }
         let mut waited = 0;
         while waited < COMMAND_TIMEOUT_MS {
-            if let Some(r) = self.state.lock().result {
+            if let Some(r) = self.sync.state.lock().result {
                 return self.answer(r);
             }
             crate::ffi::msleep(10);
@@ -131,40 +208,133 @@ impl Request {
     }
 }
 
+/// A device's free [`Request`]s with the pool's capacities, reused so that a command costs no
+/// allocation: a stack of at most [`POOL_MAX`]. Filled lazily by requests coming back.
+pub(crate) struct RequestPool {
+    free: [Option<UniqueArc<Request>>; POOL_MAX],
+    len: usize,
+}
+
+impl RequestPool {
+    /// An empty pool.
+    pub(crate) const fn new() -> Self {
+        Self {
+            free: [const { None }; POOL_MAX],
+            len: 0,
+        }
+    }
+
+    fn pop(&mut self) -> Option<UniqueArc<Request>> {
+        let i = self.len.checked_sub(1)?;
+        self.len = i;
+        self.free[i].take()
+    }
+
+    /// Keeps `req`, or gives it back if the pool is full.
+    fn push(&mut self, req: UniqueArc<Request>) -> Option<UniqueArc<Request>> {
+        match self.free.get_mut(self.len) {
+            Some(slot) => {
+                *slot = Some(req);
+                self.len += 1;
+                None
+            }
+            None => Some(req),
+        }
+    }
+}
+
+/// A posted [`Request`]: dereferences to it for [`Request::wait`]; dropping it gives the
+/// request back to the pool if the device has returned it too (else the last holder frees it).
+pub(crate) struct InFlight<'a> {
+    media: &'a VirtioMedia,
+    /// `Some` until dropped.
+    req: Option<Arc<Request>>,
+}
+
+impl InFlight<'_> {
+    /// Another reference to the request (kept beyond this `InFlight`: no reuse then).
+    pub(crate) fn arc(&self) -> Option<Arc<Request>> {
+        self.req.clone()
+    }
+
+    /// The request (`ENODEV` cannot happen: `req` is `Some` until the drop).
+    fn request(&self) -> Result<&Request> {
+        self.req.as_deref().ok_or(ENODEV)
+    }
+
+    /// [`Request::wait`].
+    pub(crate) fn wait(&self) -> Result<(&[u8], usize)> {
+        self.request()?.wait()
+    }
+
+    /// [`Request::wait_release`].
+    pub(crate) fn wait_release(&self) -> Result<(&[u8], usize)> {
+        self.request()?.wait_release()
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(req) = self.req.take() {
+            self.media.recycle(req);
+        }
+    }
+}
+
 impl VirtioMedia {
-    /// Posts one command: `out` (device-readable) and, if `resp_len > 0`, a zeroed
-    /// device-writable buffer of `resp_len` bytes. Returns the in-flight request; the caller
-    /// waits for it with [`Request::wait`] and parses the response. Holds the commandq lock
-    /// only to post; if the ring is full, waits (up to the command timeout) for space.
+    /// A request for a command of `readable` device-readable bytes (to be filled through
+    /// [`Request::out_mut`]) with a zeroed response buffer of `writable` bytes (0: none):
+    /// from the device's pool when it fits the pool's capacities, else allocated.
     ///
-    /// Errors: `ENODEV` (device removed), `ENOMEM`, `ETIMEDOUT` and `EINTR` (ring full), and
+    /// Errors: `ENOMEM`.
+    pub(crate) fn request(&self, readable: usize, writable: usize) -> Result<UniqueArc<Request>> {
+        let fits = readable <= POOL_READABLE && writable <= POOL_WRITABLE;
+        let pooled = if fits { self.pool.lock().pop() } else { None };
+        let mut req = match pooled {
+            Some(r) => r,
+            None if fits => Request::new(POOL_READABLE, POOL_WRITABLE)?,
+            None => Request::new(readable, writable)?,
+        };
+        req.prepare(readable, writable)?;
+        Ok(req)
+    }
+
+    /// Gives `req` back to the pool if nothing else holds it and it has the pool's
+    /// capacities; otherwise drops this reference.
+    fn recycle(&self, req: Arc<Request>) {
+        let Some(req) = req.into_unique_or_drop() else {
+            return;
+        };
+        let req = Pin::into_inner(req);
+        if req.poolable() {
+            let full = self.pool.lock().push(req);
+            drop(full);
+        }
+    }
+
+    /// Posts the command `req` (from [`Self::request`]). Returns the in-flight request; the
+    /// caller waits for it with [`Request::wait`] and parses the response. Holds the commandq
+    /// lock only to post; if the ring is full, waits (up to the command timeout) for space.
+    ///
+    /// Errors: `ENODEV` (device removed), `ETIMEDOUT` and `EINTR` (ring full), and
     /// `virtqueue_add_sgs` errors.
-    pub(crate) fn send(&self, out: DmaBuf, resp_len: usize) -> Result<Arc<Request>> {
-        self.post(out, resp_len, true)
+    pub(crate) fn send(&self, req: UniqueArc<Request>) -> Result<InFlight<'_>> {
+        self.post(req, true)
     }
 
     /// [`Self::send`] without waiting for ring space: `ENOSPC` if the commandq is full.
-    pub(crate) fn try_send(&self, out: DmaBuf, resp_len: usize) -> Result<Arc<Request>> {
-        self.post(out, resp_len, false)
+    pub(crate) fn try_send(&self, req: UniqueArc<Request>) -> Result<InFlight<'_>> {
+        self.post(req, false)
     }
 
     /// [`Self::send`]; waits for ring space only if `wait_for_space`.
-    fn post(&self, out: DmaBuf, resp_len: usize, wait_for_space: bool) -> Result<Arc<Request>> {
-        let resp = if resp_len > 0 {
-            Some(DmaBuf::new(resp_len)?)
-        } else {
-            None
-        };
-        let req = Arc::pin_init(
-            pin_init!(Request {
-                out: [out],
-                resp,
-                state <- new_irq_spinlock!(ReqState { result: None }, "virtio_media:request"),
-                done <- kernel::new_condvar!("virtio_media:request_done"),
-            }),
-            GFP_KERNEL,
-        )?;
+    fn post(&self, req: UniqueArc<Request>, wait_for_space: bool) -> Result<InFlight<'_>> {
+        let req: Arc<Request> = req.into();
         let mut token = req.clone();
+        let sent = InFlight {
+            media: self,
+            req: Some(req),
+        };
         let mut left = msecs_to_jiffies(COMMAND_TIMEOUT_MS);
         let mut q = self.commandq.lock();
         loop {
@@ -189,7 +359,7 @@ impl VirtioMedia {
             }
         }
         drop(q);
-        Ok(req)
+        Ok(sent)
     }
 
     /// [`Request::wait`] for `req`, with a rate-limited warning naming `what` when the device
@@ -197,7 +367,7 @@ impl VirtioMedia {
     /// device answers or is reset).
     pub(crate) fn wait<'a>(
         &self,
-        req: &'a Request,
+        req: &'a InFlight<'_>,
         what: core::fmt::Arguments<'_>,
     ) -> Result<(&'a [u8], usize)> {
         let r = req.wait();
@@ -458,12 +628,12 @@ impl Session {
     /// Errors: the device's errno, `EIO` for a malformed response, `EBUSY` if the device
     /// reuses the id of a session still open, and those of [`VirtioMedia::send`].
     pub(crate) fn open(media: Arc<VirtioMedia>) -> Result<Arc<Session>> {
-        let mut out = DmaBuf::new(protocol::CmdOpen::SIZE)?;
-        protocol::CmdOpen::new()
-            .encode(out.bytes_mut())
-            .ok_or(EINVAL)?;
         let resp_len = core::mem::size_of::<protocol::RespOpen>();
-        let req = media.send(out, resp_len)?;
+        let mut req = media.request(protocol::CmdOpen::SIZE, resp_len)?;
+        protocol::CmdOpen::new()
+            .encode(req.out_mut())
+            .ok_or(EINVAL)?;
+        let req = media.send(req)?;
         let (resp, used) = media.wait(&req, format_args!("OPEN"))?;
         let id = match protocol::check_open_resp(resp, used, resp_len) {
             Ok(Ok(id)) => id,
@@ -1053,21 +1223,22 @@ impl Session {
         let info = protocol::ioctl_info(nr).ok_or(ENOTTY)?;
         let total = parts.iter().map(|p| p.len()).sum::<usize>();
         let layout = protocol::ChainLayout::ioctl(info.dir, total, extra.len()).ok_or(EINVAL)?;
-        let mut out = DmaBuf::new(layout.readable)?;
+        let mut req = self.media.request(layout.readable, layout.writable)?;
+        let out = req.out_mut();
         let cmd_len = protocol::CmdIoctl::SIZE;
         protocol::CmdIoctl::new(self.id, u32::from(nr))
-            .encode(out.bytes_mut())
+            .encode(out)
             .ok_or(EINVAL)?;
         if info.dir.to_device() {
             let mut off = cmd_len;
             for p in parts.iter() {
-                out.bytes_mut()[off..off + p.len()].copy_from_slice(p);
+                out[off..off + p.len()].copy_from_slice(p);
                 off += p.len();
             }
         }
         let extra_at = layout.readable - extra.len();
-        out.bytes_mut()[extra_at..].copy_from_slice(extra);
-        let req = self.media.send(out, layout.writable)?;
+        out[extra_at..].copy_from_slice(extra);
+        let req = self.media.send(req)?;
         let (resp, used) = self
             .media
             .wait(&req, format_args!("session {} ioctl {}", self.id, nr))?;
@@ -1370,13 +1541,15 @@ impl Session {
 /// so a following open sees the session gone. Errors are only logged: the file is going away.
 /// Returns whether the device no longer has the session: it took the CLOSE, or it is gone.
 fn send_close(media: &VirtioMedia, id: u32) -> bool {
-    let res = DmaBuf::new(protocol::CmdClose::SIZE).and_then(|mut out| {
-        protocol::CmdClose::new(id)
-            .encode(out.bytes_mut())
-            .ok_or(EINVAL)?;
-        let req = media.send(out, 0)?;
-        req.wait_release().map(|_| ())
-    });
+    let res = media
+        .request(protocol::CmdClose::SIZE, 0)
+        .and_then(|mut req| {
+            protocol::CmdClose::new(id)
+                .encode(req.out_mut())
+                .ok_or(EINVAL)?;
+            let req = media.send(req)?;
+            req.wait_release().map(|_| ())
+        });
     match res {
         Ok(()) => true,
         Err(e) if e == ENODEV => true,

@@ -20,7 +20,7 @@ use kernel::{
     c_str,
     prelude::*,
     rbtree::RBTree,
-    sync::{Arc, CondVar, Mutex},
+    sync::{Arc, CondVar, Mutex, SpinLock},
 };
 
 mod ffi;
@@ -147,6 +147,9 @@ pub(crate) struct VirtioMedia {
     /// hold the caller's `mmap_lock`). See [`VirtioMedia::mmap_stalled`].
     #[pin]
     mmap_stall: Mutex<Option<Arc<session::Request>>>,
+    /// Free command requests for reuse (no allocation per command). A leaf lock.
+    #[pin]
+    pub(crate) pool: SpinLock<session::RequestPool>,
 }
 
 /// See [`VirtioMedia::orphan_pins`].
@@ -196,7 +199,8 @@ impl VirtioMedia {
     }
 
     /// Records that the device let the MMAP/MUNMAP `req` time out (see [`Self::mmap_stalled`]).
-    pub(crate) fn note_mmap_stall(&self, req: Arc<session::Request>) {
+    pub(crate) fn note_mmap_stall(&self, req: Option<Arc<session::Request>>) {
+        let Some(req) = req else { return };
         let mut stall = self.mmap_stall.lock();
         if stall.is_none() {
             *stall = Some(req);
@@ -638,6 +642,7 @@ pub(crate) fn probe(vdev: &VirtioDevice) -> Result {
                 "virtio_media:orphans"
             ),
             mmap_stall <- kernel::new_mutex!(None, "virtio_media:mmap_stall"),
+            pool <- kernel::new_spinlock!(session::RequestPool::new(), "virtio_media:pool"),
         }),
         GFP_KERNEL,
     )?;
