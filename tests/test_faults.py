@@ -178,12 +178,18 @@ def test_unanswered_command_times_out(jobs):
 
 def test_late_answer_after_timeout(jobs):
     """The first G_FMT answered only after the driver gave up on it (when the next command
-    arrives): ETIMEDOUT, then the late answer lands in the request the driver kept alive
-    (KASAN would report a use-after-free, kmemleak a leak), and everything works after."""
+    arrives, and after that command's own answer): ETIMEDOUT, then the late answer lands in the
+    request the driver kept alive (KASAN would report a use-after-free, kmemleak a leak; a
+    driver that put the timed-out request back in its pool and reused it for the next command
+    would see that command's answer overwritten by the late G_FMT answer), and everything
+    works after."""
     j = ok(jobs["late"])
     r = last_json(j.stdout)
     assert r["gfmt"] == "ETIMEDOUT" and r["gfmt_s"] >= 9.9, r
     assert r["enum_fmt"] == r["querycap"] == "OK", r
+    # The answer to the command after the timed-out one is that command's own: the same
+    # description as on a fresh session (the late answer did not land in its buffers).
+    assert r["enum_fmt_desc"] == r["reopen_enum_fmt_desc"] and r["enum_fmt_desc"][0] == 9, r
     assert r["reopen_gfmt"] == "OK" and r["more_gfmt"] == {"OK": 3}, r
     assert "answering held chain" in j.device_log
 

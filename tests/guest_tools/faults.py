@@ -60,7 +60,18 @@ def gfmt(fd):
 
 
 def enum_fmt(fd):
-    return name(ioctl(fd, ENUM_FMT, struct.pack("<II", 0, MPLANE) + bytes(56))[0])
+    return enum_fmt_desc(fd)[0]
+
+
+def enum_fmt_desc(fd):
+    """ENUM_FMT index 0: (errno name, the answer's type, description and pixelformat)."""
+    err, b = ioctl(fd, ENUM_FMT, struct.pack("<II", 0, MPLANE) + bytes(56))
+    if err:
+        return name(err), None
+    typ, = struct.unpack_from("<I", b, 4)
+    desc = bytes(b[12:44]).split(b"\0")[0].decode("latin-1")
+    fourcc, = struct.unpack_from("<I", b, 44)
+    return "OK", [typ, desc, fourcc]
 
 
 def querycap(fd):
@@ -109,12 +120,12 @@ def main():
     if what == "gfmt":
         fd = os.open(dev, os.O_RDWR)
         out["gfmt"], out["gfmt_s"] = timed(gfmt, fd)
-        out["enum_fmt"] = enum_fmt(fd)
+        out["enum_fmt"], out["enum_fmt_desc"] = enum_fmt_desc(fd)
         out["querycap"] = querycap(fd)
         os.close(fd)
         fd = os.open(dev, os.O_RDWR)
         out["reopen_querycap"] = querycap(fd)
-        out["reopen_enum_fmt"] = enum_fmt(fd)
+        out["reopen_enum_fmt"], out["reopen_enum_fmt_desc"] = enum_fmt_desc(fd)
         out["reopen_gfmt"], out["reopen_gfmt_s"] = timed(gfmt, fd)
         more = {}
         for _ in range(int(sys.argv[3]) if len(sys.argv) > 3 else 0):

@@ -200,7 +200,7 @@ where
     fn process_commandq(&self, vring: &VringRwLock) {
         let event_idx = self.event_idx.load(Ordering::Relaxed);
         let mut runner = self.runner.lock().unwrap();
-        let mut used_any = self.release_held(vring);
+        let mut used_any = false;
         loop {
             if event_idx {
                 if let Err(e) = vring.disable_notification() {
@@ -278,6 +278,10 @@ where
                 }
             }
         }
+        // Held commands (fault `late`) are answered after the commands that arrived with
+        // them: a driver that reused a timed-out command's buffers for a later command would
+        // find the late answer written over the later command's.
+        used_any |= self.release_held(vring);
         if used_any && vring.needs_notification().unwrap_or(true) {
             if let Err(e) = vring.signal_used_queue() {
                 error!("commandq: signal_used_queue: {e}");
