@@ -9,8 +9,9 @@
 //! ([`RequestPool`]) and go back to it when both the device and the waiter are done with them,
 //! so the common command allocates nothing.
 //!
-//! Lock order (locks taken here): `commandq` → `request.state`; `eventq` → `sessions` →
-//! `session.state`; `pool` is a leaf (held only to push or pop one request).
+//! Lock order (locks taken here): `session.queue_ops` (a mutex, held across a command) →
+//! `session.pinned` → `commandq` → `request.state`; `eventq` → `sessions` → `session.state`;
+//! `pool` is a leaf (held only to push or pop one request).
 //!
 //! Memory safety against a slow or silent device: the device's reference to a request is an
 //! `Arc` leaked into the virtqueue token. The request's buffers are freed only when the last
@@ -597,6 +598,11 @@ pub(crate) struct Session {
     /// Process context only (unpinning may sleep).
     #[pin]
     pinned: Mutex<KVec<Option<PinnedBuf>>>,
+    /// Held across the whole command (send, wait, state update) of `STREAMON`, `STREAMOFF`,
+    /// `REQBUFS` and `CREATE_BUFS`, so that those of one session reach the device and take
+    /// effect on the queue state in the same order, whatever threads share the file.
+    #[pin]
+    queue_ops: Mutex<()>,
 }
 
 impl Session {
@@ -663,6 +669,7 @@ impl Session {
                     "virtio_media:session"
                 ),
                 pinned <- kernel::new_mutex!(pinned_slots, "virtio_media:pinned"),
+                queue_ops <- kernel::new_mutex!((), "virtio_media:queue_ops"),
             }),
             GFP_KERNEL,
         );
@@ -1195,6 +1202,16 @@ impl Session {
         extra: &[u8],
     ) -> Result<Result> {
         self.check_usable()?;
+        // Queue-state commands one at a time per session: the order in which they are sent
+        // is the order in which the device and `after_ioctl` apply them.
+        let _serial = matches!(
+            nr,
+            protocol::nr::STREAMON
+                | protocol::nr::STREAMOFF
+                | protocol::nr::REQBUFS
+                | protocol::nr::CREATE_BUFS
+        )
+        .then(|| self.queue_ops.lock());
         let streamon = match parts.first() {
             Some(p) if nr == protocol::nr::STREAMON => {
                 protocol::get_u32(p, 0).and_then(protocol::queue_of)
