@@ -71,6 +71,6 @@ def test_guest_setup_failure_is_a_rig_error(monkeypatch):
     # Ask the guest to load virtio_media while installing no such module: the init must report
     # the failed modprobe (setup-failed) instead of running the command.
     art = guest.ensure_built(module=False)
-    monkeypatch.setattr(guest, "ensure_built", lambda module=True: art)
+    monkeypatch.setattr(guest, "ensure_built", lambda module=True, kernel="debug", module_rev=None: art)
     with pytest.raises(guest.RigError, match="modprobe virtio_media failed"):
         run_guest("echo SHOULD-NOT-RUN", backend="none", module=True, timeout=60)

@@ -201,6 +201,8 @@ where
         let event_idx = self.event_idx.load(Ordering::Relaxed);
         let mut runner = self.runner.lock().unwrap();
         let mut used_any = false;
+        // Only chains held by an earlier run are answered at the end of this one.
+        let held_before = lock(&self.held).len();
         loop {
             if event_idx {
                 if let Err(e) = vring.disable_notification() {
@@ -281,7 +283,7 @@ where
         // Held commands (fault `late`) are answered after the commands that arrived with
         // them: a driver that reused a timed-out command's buffers for a later command would
         // find the late answer written over the later command's.
-        used_any |= self.release_held(vring);
+        used_any |= self.release_held(vring, held_before);
         if used_any && vring.needs_notification().unwrap_or(true) {
             if let Err(e) = vring.signal_used_queue() {
                 error!("commandq: signal_used_queue: {e}");
@@ -289,14 +291,14 @@ where
         }
     }
 
-    /// Answers the held commands that wait for the next command (fault `late`); returns
-    /// whether any was answered.
-    fn release_held(&self, vring: &VringRwLock) -> bool {
+    /// Answers the first `n` held commands that wait for the next command (fault `late`);
+    /// returns whether any was answered.
+    fn release_held(&self, vring: &VringRwLock, n: usize) -> bool {
         let mut held = lock(&self.held);
         let mut any = false;
         let mut keep = Vec::new();
-        for (chain, resp, release) in held.drain(..) {
-            if !release {
+        for (i, (chain, resp, release)) in held.drain(..).enumerate() {
+            if !release || i >= n {
                 keep.push((chain, resp, release));
                 continue;
             }
