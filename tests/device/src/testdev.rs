@@ -2144,21 +2144,8 @@ mod tests {
         }
     }
 
-    struct NoShm;
-    impl VirtioMediaHostMemoryMapper for NoShm {
-        fn add_mapping(
-            &mut self,
-            _: std::os::fd::BorrowedFd,
-            _: u64,
-            _: u64,
-            _: bool,
-        ) -> Result<u64, i32> {
-            Err(libc::ENODEV)
-        }
-        fn remove_mapping(&mut self, _: u64) -> Result<(), i32> {
-            Err(libc::ENODEV)
-        }
-    }
+    // No shared memory: every mapping fails (the produce-rate mode's mapper).
+    use super::Detached as NoShm;
 
     type Dev = TestDevice<Events, NoShm>;
 
