@@ -880,21 +880,8 @@ mod tests {
         }
     }
 
-    struct NoShm;
-    impl VirtioMediaHostMemoryMapper for NoShm {
-        fn add_mapping(
-            &mut self,
-            _: std::os::fd::BorrowedFd,
-            _: u64,
-            _: u64,
-            _: bool,
-        ) -> Result<u64, i32> {
-            Err(libc::ENODEV)
-        }
-        fn remove_mapping(&mut self, _: u64) -> Result<(), i32> {
-            Err(libc::ENODEV)
-        }
-    }
+    // No shared memory: every mapping fails.
+    use crate::testdev::Detached as NoShm;
 
     type Dev = TestDevice<Events, NoShm>;
     const YU12: &[[u8; 4]] = &[*b"YU12"];

@@ -2059,8 +2059,9 @@ where
     }
 }
 
-/// Event queue and shared-memory mapper of a device with no front end (`--produce-rate`).
-struct Detached;
+/// Event queue and shared-memory mapper of a device with no front end (`--produce-rate`,
+/// unit tests): events are dropped, every mapping fails with `ENODEV`.
+pub(crate) struct Detached;
 
 impl VirtioMediaEventQueue for Detached {
     fn send_event(&mut self, _event: V4l2Event) {}
